@@ -1,0 +1,3 @@
+"""MuseBridge: a realtime MIDI co-composer that sits beside your DAW."""
+
+__version__ = "0.1.0"

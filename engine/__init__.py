@@ -1,0 +1,1 @@
+"""MIDI <-> tokens, datasets, the model and its runtimes: everything between the bridge and the weights."""

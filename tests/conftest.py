@@ -1,0 +1,114 @@
+"""Shared helpers: tiny MIDI files written by the tests, and the round-trip check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mido
+import pytest
+
+from musebridge.engine.events import Note, Piece
+from musebridge.engine.vocab import Vocabulary
+
+
+def write_test_midi(path: Path, tpb: int = 96) -> list[tuple[int, int, int, float, float, int]]:
+    """A small multi-track file: piano chords, a bass line, strings with sustain pedal,
+    drums on channel 10, a tempo change and a 3/4 bar. Returns the notes it holds as
+    (channel, program, pitch, start_beats, end_beats, velocity) -- the ground truth."""
+    mid = mido.MidiFile(type=1, ticks_per_beat=tpb)
+    meta = mido.MidiTrack()
+    meta += [
+        mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(100), time=0),
+        mido.MetaMessage("time_signature", numerator=4, denominator=4, time=0),
+        mido.MetaMessage("time_signature", numerator=3, denominator=4, time=tpb * 8),
+        mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(132), time=0),
+    ]
+    mid.tracks.append(meta)
+    truth = []
+    parts = {
+        0: (0, [(60, 0, 1), (64, 0, 1), (67, 0, 1), (62, 1, 2.5), (65, 1, 2.5), (69, 1.5, 2), (72, 3, 4 + 1 / 3)]),
+        1: (33, [(36, 0, 0.5), (38, 0.5, 1), (40, 1, 1.75), (43, 2 + 1 / 3, 2 + 2 / 3), (31, 9, 10)]),
+        2: (48, [(55, 0, 4), (59, 4, 8), (62, 8.25, 8.5)]),
+        9: (0, [(36, 0, 0.25), (42, 0.5, 0.75), (38, 1, 1.25), (42, 1.5, 1.75), (36, 2, 2.25), (49, 8, 8.5)]),
+    }
+    for ch, (program, notes) in parts.items():
+        evs = []
+        if ch != 9:
+            evs.append((0, 0, mido.Message("program_change", channel=ch, program=program)))
+        for i, (pitch, s, e) in enumerate(notes):
+            vel = 30 + (17 * i + 11 * ch) % 97
+            truth.append((ch, program, pitch, s, e, vel))
+            evs.append((round(s * tpb), 2, mido.Message("note_on", channel=ch, note=pitch, velocity=vel)))
+            # alternate both spellings of a note-off
+            off = (mido.Message("note_off", channel=ch, note=pitch, velocity=64) if i % 2
+                   else mido.Message("note_on", channel=ch, note=pitch, velocity=0))
+            evs.append((round(e * tpb), 1, off))
+        if ch == 2:
+            evs.append((round(0.5 * tpb), 1, mido.Message("control_change", channel=ch, control=64, value=127)))
+            evs.append((round(3.5 * tpb), 1, mido.Message("control_change", channel=ch, control=64, value=0)))
+        track = mido.MidiTrack()
+        now = 0
+        for tick, _, msg in sorted(evs, key=lambda x: (x[0], x[1])):
+            track.append(msg.copy(time=tick - now))
+            now = tick
+        mid.tracks.append(track)
+    mid.save(path)
+    return truth
+
+
+def assert_round_trip(original: Piece, decoded: Piece, vocab: Vocabulary) -> None:
+    """Every note of `original` (folded into range) is in `decoded` with the same family
+    and pitch, onset and duration within one tick, velocity in the same bin.
+
+    Notes that overlap another note of the same family and pitch are checked by onset
+    only: one family holds one key once (a re-strike releases the key; unison strikes
+    merge), exactly as a MIDI channel does.
+    """
+    from musebridge.engine.families import FAMILY_BY_NAME, fold_into_range
+
+    cfg = vocab.config
+    if cfg.time_mode == "beats":
+        tol = 1.0 / cfg.ticks_per_beat + 1e-9
+        to_t = lambda x, _m=None: x  # noqa: E731
+    else:
+        tol = cfg.wait_ms / 1000.0 + 1e-9
+        tm_o, tm_d = original.tempo_map(), decoded.tempo_map()
+    expected = []
+    for n in original.notes:
+        p = fold_into_range(n.pitch, FAMILY_BY_NAME[n.family])
+        if p is not None:
+            expected.append(Note(n.start, n.duration, p, n.velocity, n.family))
+
+    def times(n: Note, tm) -> tuple[float, float]:
+        if cfg.time_mode == "beats":
+            return n.start, n.duration
+        s = tm.to_seconds(n.start)
+        return s, tm.to_seconds(n.end) - s
+
+    by_key: dict[tuple[str, int], list[Note]] = {}
+    for n in decoded.notes:
+        by_key.setdefault((n.family, n.pitch), []).append(n)
+    exp_by_key: dict[tuple[str, int], list[Note]] = {}
+    for n in expected:
+        exp_by_key.setdefault((n.family, n.pitch), []).append(n)
+    for key, notes in exp_by_key.items():
+        got = by_key.get(key, [])
+        assert got, f"no decoded notes for {key}"
+        notes = sorted(notes, key=lambda n: n.start)
+        for i, n in enumerate(notes):
+            s, d = times(n, tm_o if cfg.time_mode == "seconds" else None)
+            conflict = any(m is not n and m.start < n.end and n.start < m.end for m in notes)
+            cands = [g for g in got if abs(times(g, tm_d if cfg.time_mode == "seconds" else None)[0] - s) <= tol]
+            assert cands, f"{key}: note at {s} missing (decoded onsets {[g.start for g in got][:10]})"
+            if conflict:
+                continue
+            g = min(cands, key=lambda g: abs(times(g, tm_d if cfg.time_mode == "seconds" else None)[0] - s))
+            gs, gd = times(g, tm_d if cfg.time_mode == "seconds" else None)
+            assert abs(gd - d) <= tol + 1e-9 or (d < tol and gd <= tol + 1e-9), f"{key} at {s}: duration {gd} vs {d}"
+            assert vocab.velocity_bin(g.velocity) == vocab.velocity_bin(n.velocity), f"{key} at {s}: velocity {g.velocity} vs {n.velocity}"
+    assert {k for k in by_key} == set(exp_by_key), "decoded notes of keys that were never played"
+
+
+@pytest.fixture
+def vocab() -> Vocabulary:
+    return Vocabulary()
