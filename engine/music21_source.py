@@ -23,7 +23,8 @@ Style labels (lowercase snake_case, one per composer or folk collection):
     one-work composers; Ciconia's works there stay "ciconia") and "lead_sheet".
   * folk collections are labelled by tradition, a handful of labels: "folk_essen"
     (Essen, mostly German-speaking Europe), "folk_chinese" (Essen's han* files),
-    "folk_irish" (O'Neill's 1850 and Essen's irl), "folk_scottish" (Aird's Airs),
+    "folk_irish" (O'Neill's 1850 and Essen's irl), "folk_scottish" (Aird's Airs and
+    Essen's folkHaydn),
     "folk_american" (Ryan's Mammoth, the American fife book), "folk_english"
     (Northumbrian minstrelsy, the Nottingham reels).
 
@@ -295,6 +296,7 @@ _FOLDER_STYLE = {
 _FILE_STYLE = (
     ("essenFolksong/han", "folk_chinese"),
     ("essenFolksong/irl", "folk_irish"),
+    ("essenFolksong/folkHaydn", "folk_scottish"),  # the Scottish songs Haydn arranged
     ("miscFolk/americanfife", "folk_american"),
     ("miscFolk/northumbrian", "folk_english"),
     ("miscFolk/", "folk_english"),
