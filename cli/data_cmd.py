@@ -29,7 +29,7 @@ def data() -> None:
 @click.option("--velocity-bins", type=int, default=8, show_default=True)
 def build_cmd(sources, out, workers, timeout, limit, fresh, time_mode, ticks_per_beat, velocity_bins) -> None:
     """Parse, tokenize and shard every piece of the sources into OUT."""
-    from musebridge.engine.data_build import build
+    from musebridge.engine.data_build import build, collect_tasks
     from musebridge.engine.vocab import VocabConfig
 
     try:
@@ -37,13 +37,15 @@ def build_cmd(sources, out, workers, timeout, limit, fresh, time_mode, ticks_per
     except VocabError as e:
         raise click.BadParameter(str(e)) from None
     console = Console(stderr=True)
+    with console.status("listing sources"):
+        tasks = collect_tasks(sources)
     state = {"ok": 0, "failed": 0, "notes": 0}
     columns = (
         TextColumn("[bold]building"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("build", total=None, info="listing sources")
+        task = bar.add_task("build", total=len(tasks), info="")
 
         def report(done: int, total: int, r) -> None:
             if r.error:
@@ -55,7 +57,7 @@ def build_cmd(sources, out, workers, timeout, limit, fresh, time_mode, ticks_per
             info = f"{state['ok']} new ok, {state['failed']} skipped, {state['notes']:,} notes"
             bar.update(task, completed=done, total=total, info=info)
 
-        summary = build(list(sources), out, config, workers, timeout, limit, fresh, progress=report)
+        summary = build(tasks, out, config, workers, timeout, limit, fresh, progress=report)
     t = Table(title=f"built {summary.out}", show_header=False)
     rows = [
         ("pieces", f"{summary.pieces:,}"), ("skipped (bad or empty)", f"{summary.failed:,}"),

@@ -180,7 +180,7 @@ def collect_tasks(sources: Iterable[str]) -> list[PieceTask]:
 
 
 def build(
-    sources: list[str],
+    sources: list[str] | list[PieceTask],
     out: str | Path,
     config: VocabConfig = VocabConfig(),
     workers: int | None = None,
@@ -189,10 +189,11 @@ def build(
     fresh: bool = False,
     progress: Callable[[int, int, PieceResult], None] | None = None,
 ) -> BuildSummary:
-    """Build shards from sources into `out`; resumes from `out/.cache` unless `fresh`."""
+    """Build shards from sources (or tasks already listed) into `out`; resumes from
+    `out/.cache` unless `fresh`."""
     t0 = time.perf_counter()
     out = Path(out)
-    tasks = collect_tasks(sources)
+    tasks = list(sources) if sources and isinstance(sources[0], PieceTask) else collect_tasks(sources)  # type: ignore[arg-type]
     if limit is not None:
         tasks = tasks[:limit]
     cache_dir = out / CACHE_DIR

@@ -520,7 +520,7 @@ class _PartData:
     names: list[str]
     notes: list[list]  # [start, duration, midi, velocity or None, tie_open]
     dynamics: list[tuple[float, str]]
-    tempos: list[tuple[float, float]]
+    tempos: list[tuple[float, int, float]]  # time, priority (0 best), quarter BPM
     time_signatures: list[tuple[float, int, int]]
     instrument: Any = None
     has_chords: bool = False
@@ -602,9 +602,7 @@ def _walk(container: Any, base: float, data: _PartData, open_ties: dict[int, int
         elif isinstance(el, dynamics.Dynamic):
             data.dynamics.append((at, str(el.value)))
         elif isinstance(el, tempo.MetronomeMark):
-            bpm = el.getQuarterBPM()
-            if bpm:
-                data.tempos.append((at, float(bpm)))
+            _add_tempo(data, at, el)
         elif isinstance(el, meter.TimeSignature):
             data.time_signatures.append((at, int(el.numerator), int(el.denominator)))
         elif isinstance(el, instrument.Instrument):
@@ -633,6 +631,22 @@ def _add_note(data: _PartData, open_ties: dict[int, int], start: float, n: Any, 
     data.notes.append([start, duration, midi, _own_velocity(n, owner), keeps_open])
     if keeps_open:
         open_ties[midi] = len(data.notes) - 1
+
+
+def _add_tempo(data: _PartData, at: float, mark: Any) -> None:
+    """Record a metronome mark, ranked: printed number, then playback-only, then text-implied.
+
+    Finale exports often carry a playback-only 120 beside the printed mark (Maple Leaf
+    Rag: printed quarter = 100), so a printed number wins at the same time.
+    """
+    if mark.number is not None and not mark.numberImplicit:
+        rank, bpm = 0, mark.getQuarterBPM(useNumberSounding=False)
+    elif mark.numberSounding is not None:
+        rank, bpm = 1, mark.getQuarterBPM()
+    else:
+        rank, bpm = 2, mark.getQuarterBPM()
+    if bpm and bpm > 0:
+        data.tempos.append((at, rank, float(bpm)))
 
 
 def _own_velocity(n: Any, owner: Any) -> int | None:
@@ -713,14 +727,15 @@ def _dedupe(notes: list[Note]) -> list[Note]:
 # ---------------------------------------------------------------------------------------
 # Families
 
-_PLACEHOLDER_NAMES = frozenset(
-    {"", "musicxml part", "musicxml default", "part", "instrument", "unnamed", "untitled",
-     "staff", "none", "voice 1"}
+_PLACEHOLDER_NAME = re.compile(
+    r"(musicxml (part|default)|part|instrument|unnamed|untitled|staff|none|p)?\s*[\d().]*"
 )
 # Checked in order on the lowercased name; specific instruments precede voice ranges so
 # "Bass Clarinet", "Contrabass" and "English Horn" don't become a bass voice or a horn.
 _NAME_RULES: tuple[tuple[str, str], ...] = (
     ("strings", r"contra\s*bass|double\s*bass|string\s*bass|violone|contrabasso"),
+    ("piano", r"continuo|\bb\.\s*c\.|figured\s*bass"),  # harpsichord realizes it: GM 6
+    ("strings", r"timpan|\btimp\b"),  # GM 47 sits in the strings group
     ("reed", r"clarinet|clarinetto|oboe|bassoon|fagott|english\s*horn|cor\s*anglais|sax|shawm|chalumeau"),
     ("pipe", r"flute|flauto|flöte|piccolo|recorder|\bfife\b|pan\s*pipe|ocarina|whistle"),
     ("strings", r"violin|violino|\bviola\b|viole|violoncell|\bcello|fiddle|\bharp\b|strings?\b"),
@@ -739,7 +754,7 @@ def _family_for_part(data: _PartData) -> Family | None:
     """Names first, then instrument class, then GM program, then the fallbacks."""
     for raw in data.names:
         name = _ascii_fold(str(raw)).lower().strip()
-        if name in _PLACEHOLDER_NAMES:
+        if _is_placeholder(name):
             continue
         for family, pattern in _NAME_RULES:
             if re.search(pattern, name):
@@ -750,10 +765,15 @@ def _family_for_part(data: _PartData) -> Family | None:
     program = getattr(data.instrument, "midiProgram", None)
     if program is not None and 0 <= program <= 127:
         return family_for_program(int(program))
-    named = any(_ascii_fold(str(n)).lower().strip() not in _PLACEHOLDER_NAMES for n in data.names)
+    named = any(not _is_placeholder(_ascii_fold(str(n)).lower().strip()) for n in data.names)
     if not named and _is_single_line(data):
         return FAMILY_BY_NAME["pipe"]
     return FAMILY_BY_NAME["piano"]
+
+
+def _is_placeholder(name: str) -> bool:
+    """Names editors fill in by default ("MusicXML Part", "Instrument 5", "P1")."""
+    return _PLACEHOLDER_NAME.fullmatch(name) is not None
 
 
 def _family_for_instrument_class(inst: Any) -> Family | None:
@@ -792,15 +812,19 @@ def _is_single_line(data: _PartData) -> bool:
 
 
 def _tempos(parts: list[_PartData]) -> list[Tempo]:
-    """Metronome marks of all parts (earlier parts win at the same time), changes only."""
-    at: dict[float, float] = {}
-    for data in parts:
-        for time, bpm in data.tempos:
-            at.setdefault(round(time, 6), bpm)
+    """Metronome marks of all parts, best-ranked per time (earlier parts win ties), changes only."""
+    best: dict[float, tuple[int, int, float]] = {}
+    for part_index, data in enumerate(parts):
+        for time, rank, bpm in data.tempos:
+            k = round(time, 6)
+            candidate = (rank, part_index, bpm)
+            if k not in best or candidate[:2] < best[k][:2]:
+                best[k] = candidate
     out: list[Tempo] = []
-    for time in sorted(at):
-        if not out or out[-1].bpm != at[time]:
-            out.append(Tempo(time, at[time]))
+    for time in sorted(best):
+        bpm = best[time][2]
+        if not out or out[-1].bpm != bpm:
+            out.append(Tempo(time, bpm))
     return out
 
 
