@@ -24,9 +24,8 @@ Style labels (lowercase snake_case, one per composer or folk collection):
   * folk collections are labelled by tradition, a handful of labels: "folk_essen"
     (Essen, mostly German-speaking Europe), "folk_chinese" (Essen's han* files),
     "folk_irish" (O'Neill's 1850 and Essen's irl), "folk_scottish" (Aird's Airs and
-    Essen's folkHaydn),
-    "folk_american" (Ryan's Mammoth, the American fife book), "folk_english"
-    (Northumbrian minstrelsy, the Nottingham reels).
+    Essen's folkHaydn), "folk_american" (Ryan's Mammoth, the American fife book) and
+    "folk_english" (Northumbrian minstrelsy, the Nottingham reels).
 
 Split groups: movements of one multi-movement work, Palestrina mass movements (by the
 mass name in the Humdrum header), Bach chorales on one chorale text (music21's chorale
@@ -38,12 +37,18 @@ Instrument families: part names first (music21 files often carry Finale's defaul
 better evidence), then the music21 instrument class, then the GM program. Voices and
 choirs go to "ensemble". An unnamed single-line part -- a folk tune -- plays as "pipe"
 (the fife/flute/whistle these books were written for); any other unknown part is
-"piano". Percussion and unpitched notes are skipped.
+"piano". Unpitched (percussion) notes are skipped; mid-part instrument changes are
+ignored (the part's first instrument decides).
 
-Notes: tied notes merge into one, chords expand, rests, grace notes (no duration of
-their own) and chord symbols are skipped; repeats are not expanded; transposing
-instruments and ottavas are brought to sounding pitch. Velocity comes from the note's
-own volume, else the part's latest dynamic mark, else 80.
+Notes: tied notes merge into one (per MIDI pitch, so enharmonic ties merge and an ABC
+"tie" between different pitches -- a slur -- does not; music21's stripTies gets both
+wrong), chords expand, rests, grace notes (no duration of their own) and chord symbols
+are skipped; repeats are not expanded; transposing instruments and ottavas are brought
+to sounding pitch; doublings (same family, pitch and onset, e.g. choir voices in
+unison) are one note, as they would be on one MIDI channel. Velocity comes from the
+note's own volume, else the part's latest dynamic mark (MIDI-convention levels, mf = 80;
+staves of one piano share marks), else 80. Metronome marks give tempos (a printed
+number beats Finale's playback-only value); time signatures come from the first part.
 
 Parsing goes through `converter.parse(..., forceSource=True)`: music21 then neither
 reads nor writes its pickle cache, so parallel workers never race on cache files.
@@ -248,9 +253,13 @@ def _drop_book_duplicates(entries: list[_Entry]) -> list[_Entry]:
 
 
 def _similar_titles(a: str, b: str) -> bool:
+    """Same tune despite spelling: close strings, or one title's words inside the other's."""
     a, b = _tune_title_key(a), _tune_title_key(b)
     if not a or not b:
         return a == b
+    words_a, words_b = set(a.split()), set(b.split())
+    if words_a <= words_b or words_b <= words_a:
+        return True
     return difflib.SequenceMatcher(None, a, b).ratio() >= 0.6
 
 
@@ -397,9 +406,11 @@ def _group_for_entry(e: _Entry, key: str) -> str:
     if e.folder in _FOLK_FOLDERS:
         title = _tune_title_key(e.title)
         return f"{KEY_PREFIX}folk/{title.replace(' ', '_')}" if title else key
-    if e.folder == "bach":
+    if e.folder == "bach":  # harmonizations of one chorale; else a file and its variants
         title = _chorale_title(_bwv_of(e.stem))
-        return f"{KEY_PREFIX}bach/chorale/{title}" if title else KEY_PREFIX + re.sub(r"-\w+$", "", e.stem)
+        if title:
+            return f"{KEY_PREFIX}bach/chorale/{title}"
+        return KEY_PREFIX + re.sub(r"-\w+$", "", e.stem)
     if e.folder == "palestrina":
         mass = _palestrina_mass(e.rel)
         return f"{KEY_PREFIX}palestrina/mass/{mass}" if mass else key
@@ -418,7 +429,7 @@ def _tune_title_key(title: str) -> str:
     Hornpipe." and "Liverpool hornpipe" meet; titles made only of generic words ("Irish
     Air", "A Do.", "Quick Step 42d. Regt.") identify nothing and give ''.
     """
-    text = _ascii_fold(title).lower().replace("'", "")
+    text = _ascii_fold(title).lower().replace("'", "").replace("\u2019", "")
     words = _STYLE_WORD.findall(text)
     words = [w for w in words if not re.fullmatch(r"\d+(st|nd|rd|th|d)?", w)]
     if all(w in _GENERIC_TITLE_WORDS for w in words):
@@ -452,7 +463,6 @@ def _chorale_titles() -> dict[str, str]:
     for bwv, title in titles.items():
         slug = "_".join(_STYLE_WORD.findall(_ascii_fold(title).lower()))
         out[bwv] = slug
-        out.setdefault(re.sub(r"-\w+$", "", bwv), slug)
     return out
 
 
@@ -518,7 +528,7 @@ class _PartData:
     """What one walk over a part collects, with absolute offsets in quarter notes."""
 
     names: list[str]
-    notes: list[list]  # [start, duration, midi, velocity or None, tie_open]
+    notes: list[list]  # [start, duration, midi, velocity or None]; ties lengthen in place
     dynamics: list[tuple[float, str]]
     tempos: list[tuple[float, int, float]]  # time, priority (0 best), quarter BPM
     time_signatures: list[tuple[float, int, int]]
@@ -547,7 +557,31 @@ def _convert(score: Any, style: str | None, name: str, owned: bool) -> Piece:
 
 
 def _collect(score: Any) -> list[_PartData]:
-    return [_walk_part(part, offset, names) for part, offset, names in _part_streams(score)]
+    """Walk every part; marks placed on the score itself come last, as one more part."""
+    streams = _part_streams(score)
+    parts = [_walk_part(part, offset, names) for part, offset, names in streams]
+    _share_staff_dynamics(score, [s for s, _, _ in streams], parts)
+    if len(streams) > 1 or streams[0][0] is not score:
+        outer = _PartData(names=[], notes=[], dynamics=[], tempos=[], time_signatures=[])
+        _walk(score, 0.0, outer, {}, descend=False)
+        parts.append(outer)
+    return parts
+
+
+def _share_staff_dynamics(score: Any, streams: list[Any], parts: list[_PartData]) -> None:
+    """Staves of one instrument (piano hands) share dynamics, which sit on one staff only."""
+    from music21 import layout, stream
+
+    if not isinstance(score, stream.Score):
+        return
+    index = {id(s): i for i, s in enumerate(streams)}
+    for group in score.getElementsByClass(layout.StaffGroup):
+        members = [index[id(s)] for s in group.getSpannedElements() if id(s) in index]
+        if len(members) < 2 or not all(isinstance(streams[i], stream.PartStaff) for i in members):
+            continue
+        shared = sorted({mark for i in members for mark in parts[i].dynamics})
+        for i in members:
+            parts[i].dynamics = list(shared)
 
 
 def _part_streams(score: Any) -> list[tuple[Any, float, list[str]]]:
@@ -580,7 +614,9 @@ def _walk_part(part: Any, base: float, names: list[str]) -> _PartData:
     return data
 
 
-def _walk(container: Any, base: float, data: _PartData, open_ties: dict[int, int]) -> None:
+def _walk(
+    container: Any, base: float, data: _PartData, open_ties: dict[int, int], descend: bool = True
+) -> None:
     """Depth-first over measures and voices, each element's offset taken from its own site.
 
     Offsets come from `container.elementOffset(el)`, never `el.offset`, because one
@@ -592,7 +628,8 @@ def _walk(container: Any, base: float, data: _PartData, open_ties: dict[int, int
     for el in container.elements:
         at = base + float(container.elementOffset(el))
         if isinstance(el, stream.Stream):
-            _walk(el, at, data, open_ties)
+            if descend:
+                _walk(el, at, data, open_ties)
         elif isinstance(el, note.Note):
             _add_note(data, open_ties, at, el, el)
         elif isinstance(el, chord.Chord) and not isinstance(el, harmony.Harmony):
@@ -628,7 +665,7 @@ def _add_note(data: _PartData, open_ties: dict[int, int], start: float, n: Any, 
             if keeps_open:
                 open_ties[midi] = index
             return
-    data.notes.append([start, duration, midi, _own_velocity(n, owner), keeps_open])
+    data.notes.append([start, duration, midi, _own_velocity(n, owner)])
     if keeps_open:
         open_ties[midi] = len(data.notes) - 1
 
@@ -705,7 +742,7 @@ def _part_notes(data: _PartData, family: Family | None) -> list[Note]:
         return []
     dyn = _Dynamics(data.dynamics)
     out = []
-    for start, duration, midi, velocity, _ in data.notes:
+    for start, duration, midi, velocity in data.notes:
         pitch = fold_into_range(midi, family)
         if pitch is None:
             continue
@@ -733,20 +770,25 @@ _PLACEHOLDER_NAME = re.compile(
 # Checked in order on the lowercased name; specific instruments precede voice ranges so
 # "Bass Clarinet", "Contrabass" and "English Horn" don't become a bass voice or a horn.
 _NAME_RULES: tuple[tuple[str, str], ...] = (
-    ("strings", r"contra\s*bass|double\s*bass|string\s*bass|violone|contrabasso"),
+    ("strings", r"contra\s*bass|double\s*bass|string\s*bass|violone|contrabasso|kontrabass"),
     ("piano", r"continuo|\bb\.\s*c\.|figured\s*bass"),  # harpsichord realizes it: GM 6
-    ("strings", r"timpan|\btimp\b"),  # GM 47 sits in the strings group
-    ("reed", r"clarinet|clarinetto|oboe|bassoon|fagott|english\s*horn|cor\s*anglais|sax|shawm|chalumeau"),
-    ("pipe", r"flute|flauto|flöte|piccolo|recorder|\bfife\b|pan\s*pipe|ocarina|whistle"),
-    ("strings", r"violin|violino|\bviola\b|viole|violoncell|\bcello|fiddle|\bharp\b|strings?\b"),
-    ("organ", r"\borgan|organo|\borgel"),
-    ("piano", r"piano|klavier|clavier|keyboard|harpsichord|cembalo|clavichord|clavecin"),
-    ("brass", r"trumpet|tromba|cornet|\bhorn|corno|trombone|tuba|euphonium|flugel|bugle|sackbut"),
-    ("guitar", r"guitar|\blute|liuto|theorbo|mandolin|banjo|vihuela"),
+    ("strings", r"timpan|\btimp\b|pauken"),  # GM 47 sits in the strings group
+    ("reed", r"clarinet|klarinett|oboe|hautbois|bassoon|basson|fagott|english\s*horn|"
+             r"englischhorn|cor\s*anglais|sax|shawm|chalumeau"),
+    ("pipe", r"flute|flauto|flote|floete|piccolo|recorder|blockflote|\bfife\b|pan\s*pipe|"
+             r"ocarina|whistle"),
+    ("strings", r"violin|violino|violon|geige|\bviola\b|viole|bratsche|violoncel|\bcello|"
+                r"fiddle|\bharp\b|harfe|strings?\b|streicher"),
+    ("organ", r"\borgan|organo|\borgel|orgue"),
+    ("piano", r"piano|klavier|clavier|keyboard|harpsichord|cembalo|clavecin|clavichord"),
+    ("brass", r"trumpet|trompet|tromba|cornet|horn|corno|\bcor\b|trombone|posaune|tuba|"
+              r"euphonium|flugel|bugle|sackbut"),
+    ("guitar", r"guitar|gitarre|guitare|\blute|laute|liuto|theorbo|mandolin|banjo|vihuela"),
     ("ensemble",
      r"soprano|sopran|mezzo|\balto\b|\balt\b|altus|contralto|tenor|\bbass\b|basso|bassus|"
-     r"bariton|voice|\bvoce|\bvox\b|cantus|\bcanto\b|superius|discantus|quint|sext|"
-     r"septim|contra|triplum|motetus|medius|vagans|\bpars\b|choir|chorus|\bcoro\b|\bchor\b|vocal"),
+     r"bariton|voice|\bvoce|\bvox\b|\bvoix\b|gesang|stimme|\bchant|cantus|\bcanto\b|"
+     r"superius|discantus|quint|sext|septim|contra|triplum|motetus|medius|vagans|\bpars\b|"
+     r"choir|chorus|\bcoro\b|\bchor\b|\bchoeur|vocal"),
 )
 
 
