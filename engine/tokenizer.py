@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .events import DEFAULT_BPM, Event, NoteOff, NoteOn, Pedal, Piece, Tempo, TempoMap, TimeSignature, iter_notes
+from .events import Event, NoteOff, NoteOn, Pedal, Piece, Tempo, TempoMap, TimeSignature, iter_notes
 from .families import fold_into_range
 from .vocab import END, INSTRUMENT, NOTE, PEDAL, SPECIAL, START, STYLE, TEMPO, TIMESIG, WAIT, Vocabulary
+
+SECONDS_MODE_BPM = 125.0  # 480 PPQ at 125 BPM: one MIDI tick per millisecond
 
 
 @dataclass
@@ -330,15 +332,16 @@ def encode_piece(piece: Piece, vocab: Vocabulary) -> np.ndarray:
 def decode_tokens(tokens, vocab: Vocabulary) -> Piece:
     """A Piece from tokens (with or without prefix); every note ends.
 
-    Seconds-mode times become beats at 120 BPM so the MIDI file plays them back at the
-    encoded seconds.
+    Seconds-mode times become beats at 125 BPM, where a millisecond is exactly one tick
+    of a 480-PPQ MIDI file, so the file plays them back at the encoded seconds.
     """
     dec = StreamDecoder(vocab)
     events = dec.feed_many(tokens)
     events += dec.close_all()
     if vocab.config.time_mode == "seconds":
-        scale = DEFAULT_BPM / 60.0
+        scale = SECONDS_MODE_BPM / 60.0
         events = [_scaled(e, scale) for e in events if not isinstance(e, (Tempo, TimeSignature))]
+        events.insert(0, Tempo(0.0, SECONDS_MODE_BPM))
     notes = list(iter_notes(events))
     return Piece(
         notes=notes,
