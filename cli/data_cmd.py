@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -39,7 +41,7 @@ def build_cmd(sources, out, workers, timeout, limit, fresh, time_mode, ticks_per
     console = Console(stderr=True)
     with console.status("listing sources"):
         tasks = collect_tasks(sources)
-    state = {"ok": 0, "failed": 0, "notes": 0}
+    state = {"ok": 0, "failed": 0, "notes": 0, "logged": time.monotonic()}
     columns = (
         TextColumn("[bold]building"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
@@ -56,6 +58,10 @@ def build_cmd(sources, out, workers, timeout, limit, fresh, time_mode, ticks_per
                 state["notes"] += r.notes
             info = f"{state['ok']} new ok, {state['failed']} skipped, {state['notes']:,} notes"
             bar.update(task, completed=done, total=total, info=info)
+            now = time.monotonic()
+            if not console.is_terminal and (now - state["logged"] > 30 or done == total):
+                state["logged"] = now  # logs and CI get a line now and then instead of a live bar
+                console.print(f"{done:,}/{total:,} pieces: {info}")
 
         summary = build(tasks, out, config, workers, timeout, limit, fresh, progress=report)
     t = Table(title=f"built {summary.out}", show_header=False)
