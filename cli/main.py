@@ -14,6 +14,7 @@ import click
 from . import __version__
 from .errors import MuseBridgeError
 from .data_cmd import data
+from .model_cmd import generate, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,6 +27,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 cli.add_command(data)
+cli.add_command(train)
+cli.add_command(generate)
 
 
 def main(argv: list[str] | None = None) -> int:

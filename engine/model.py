@@ -252,11 +252,17 @@ class MuseModel(nn.Module):
 
     def forward(self, tokens: torch.Tensor, feats: torch.Tensor, dense: bool = False) -> torch.Tensor:
         """Logits [B,T,V] for a sequence starting at position 0."""
-        t = tokens.shape[1]
+        return self._blocks(self.embed(tokens, feats), dense)
+
+    def forward_mixed(self, tokens, feats, tokens2, feats2, lam: float) -> torch.Tensor:
+        """MuseNet's embedding mixup: the blocks see lam·emb(a) + (1-lam)·emb(b)."""
+        return self._blocks(lam * self.embed(tokens, feats) + (1 - lam) * self.embed(tokens2, feats2))
+
+    def _blocks(self, x: torch.Tensor, dense: bool = False) -> torch.Tensor:
+        t = x.shape[1]
         if t > self.cfg.context:
             raise ValueError(f"sequence of {t} tokens exceeds the context of {self.cfg.context}")
         cos, sin = self.rope_cos[:t], self.rope_sin[:t]
-        x = self.embed(tokens, feats)
         for blk in self.blocks:
             h = blk.ln1(x)
             x = x + (blk.attn.forward_dense(h, cos, sin) if dense else blk.attn(h, cos, sin)[0])

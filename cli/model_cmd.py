@@ -1,0 +1,136 @@
+"""`musebridge train` and `musebridge generate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from .errors import MuseBridgeError
+
+
+@click.command()
+@click.option("--data", required=True, type=click.Path(), help="A folder built by `musebridge data build`.")
+@click.option("--config", "model", type=click.Choice(["tiny", "small", "base"]), default="small", show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (resumes if it holds a run).")
+@click.option("--steps", type=int, default=2000, show_default=True)
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--seq-len", type=int, default=2048, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--warmup", type=int, default=100, show_default=True)
+@click.option("--eval-every", type=int, default=100, show_default=True)
+@click.option("--save-every", type=int, default=200, show_default=True)
+@click.option("--max-minutes", type=float, default=0.0, help="Stop and save after this long (0: no limit).")
+@click.option("--mixup", type=float, default=0.0, help="Embedding mixup alpha (MuseNet); 0 is off.")
+@click.option("--no-augment", is_flag=True, help="No transposition or velocity augmentation.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default).")
+def train(data, model, out, steps, batch_size, seq_len, lr, warmup, eval_every, save_every, max_minutes, mixup, no_augment, seed, threads) -> None:
+    """Train a model on built shards (torchrun for several GPUs)."""
+    try:
+        import torch
+    except ImportError:
+        raise MuseBridgeError("training needs PyTorch: pip install torch==2.13.0 (CPU) then pip install -e '.[train]'") from None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from musebridge.engine.train import TrainConfig, train as run_train
+
+    if threads:
+        torch.set_num_threads(threads)
+    for name, value in (("steps", steps), ("batch-size", batch_size), ("seq-len", seq_len), ("eval-every", eval_every), ("save-every", save_every)):
+        if value < 1:
+            raise click.BadParameter(f"--{name} must be at least 1, got {value}")
+    if not lr > 0:
+        raise click.BadParameter(f"--lr must be positive, got {lr}")
+    cfg = TrainConfig(model=model, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, min_lr=lr / 10, warmup=warmup,
+                      eval_every=eval_every, save_every=save_every, max_minutes=max_minutes, mixup=mixup,
+                      augment=not no_augment, seed=seed)
+    console = Console(stderr=True)
+    cols = (TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*cols, console=console) as bar:
+        task = bar.add_task("train", total=steps, info="loading data")
+        state = {"val": None}
+
+        def log(rec: dict) -> None:
+            if rec["event"] == "start":
+                bar.update(task, completed=rec["step"], info=f"{rec['params'] / 1e6:.1f} M params on {rec['device']}")
+                console.print(f"{rec['params']:,} parameters, {rec['train_tokens']:,} training tokens, device {rec['device']}")
+            elif rec["event"] in ("step", "eval"):
+                if "val_loss" in rec:
+                    state["val"] = rec["val_loss"]
+                    console.print(f"step {rec['step']}: train {rec['loss']:.3f}, val {rec['val_loss']:.3f} nats/token")
+                val = f", val {state['val']:.3f}" if state["val"] is not None else ""
+                bar.update(task, completed=rec["step"], info=f"loss {rec['loss']:.3f}{val}, {rec['tokens_per_s']:.0f} tok/s")
+
+        last = run_train(data, out, cfg, log)
+    console.print(f"best validation loss {last['best_val_loss']:.4f} nats/token; model in {Path(out) / 'model'}")
+
+
+@click.command()
+@click.option("--prompt", type=click.Path(), default=None, help="A .mid file to continue (default: start from silence).")
+@click.option("--bars", type=float, default=8, show_default=True, help="Length of the continuation in bars.")
+@click.option("--style", default=None, help="Style/composer label from the model's vocabulary (see --list-styles).")
+@click.option("--strength", "strengths", multiple=True, metavar="FAMILY=S",
+              help="Instrument strengths 0..1, e.g. piano=1,drums=0 (0 mutes, 0.5 neutral, 1 favours).")
+@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option("--top-k", type=int, default=0, show_default=True)
+@click.option("--top-p", type=float, default=0.95, show_default=True)
+@click.option("--key", default=None, help="Keep pitched notes in a key, e.g. 'C major', 'F# minor'.")
+@click.option("--density", type=float, default=None, help="Target note-ons per beat.")
+@click.option("--seed", type=int, default=None, help="Same seed, same notes.")
+@click.option("--variations", type=int, default=1, show_default=True, help="How many continuations (written as OUT-1.mid, ...).")
+@click.option("--with-prompt", is_flag=True, help="Write the prompt before the continuation.")
+@click.option("--model", "model_dir", type=click.Path(), default=None, help="Model folder (default: the shipped model).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Output .mid file.")
+@click.option("--list-styles", is_flag=True, help="Print the model's style labels and exit.")
+def generate(prompt, bars, style, strengths, temperature, top_k, top_p, key, density, seed, variations, with_prompt,
+             model_dir, out, list_styles) -> None:
+    """Continue a MIDI prompt with the model and write the result as MIDI."""
+    from musebridge.engine.checkpoint import load_vocab, DEFAULT_MODEL
+    from musebridge.engine.events import Piece
+    from musebridge.engine.midi_file import read_midi, write_midi
+    from musebridge.engine.sampling import SamplingControls, parse_strengths
+
+    folder = Path(model_dir) if model_dir else DEFAULT_MODEL
+    vocab = load_vocab(folder)
+    if list_styles:
+        click.echo("\n".join(vocab.styles))
+        return
+    if out is None:
+        raise click.UsageError("--out is required (the .mid file to write)")
+    if style is not None and style not in vocab.styles:
+        raise MuseBridgeError(f"style {style!r} is not in the model's vocabulary; see musebridge generate --list-styles")
+    if variations < 1:
+        raise click.BadParameter(f"--variations must be at least 1, got {variations}")
+    parsed: dict[str, float] = {}
+    for s in strengths:
+        parsed.update(parse_strengths(s, vocab))
+    controls = SamplingControls(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, strengths=parsed,
+                                key=key, density=density)
+    piece = read_midi(prompt) if prompt else Piece()
+    try:
+        from musebridge.engine.checkpoint import load_model
+        from musebridge.engine.generate import generate as run_generate
+        from musebridge.engine.torch_runtime import TorchRuntime
+    except ImportError:
+        raise MuseBridgeError("generation needs PyTorch for now: pip install torch==2.13.0") from None
+    model, vocab, _ = load_model(folder)
+    results = run_generate(TorchRuntime(model, vocab), piece, bars, controls, style, variations)
+    outs = [Path(out)] if variations == 1 else [Path(out).with_name(f"{Path(out).stem}-{i + 1}{Path(out).suffix}") for i in range(variations)]
+    for res, path in zip(results, outs):
+        clip = res.piece
+        if with_prompt:
+            from musebridge.engine.events import Note
+
+            shift = piece.end
+            clip = Piece(notes=piece.notes + [Note(n.start + shift, n.duration, n.pitch, n.velocity, n.family) for n in clip.notes],
+                         pedals=piece.pedals, tempos=piece.tempos or clip.tempos, time_signatures=piece.time_signatures or clip.time_signatures,
+                         style=style)
+        meta = {"seed": res.seed, "bars": bars, "style": style, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+                "strengths": parsed, "key": key, "density": density, "prompt": str(prompt) if prompt else None,
+                "model": str(folder)}
+        write_midi(clip, path, metadata=meta)
+        fams = ", ".join(clip.families) or "nothing"
+        click.echo(f"{path}: {len(clip.notes)} notes over {clip.end:.1f} beats ({fams})")

@@ -1,0 +1,151 @@
+"""Continuations: prompt -> runtime -> sampled tokens -> a Piece, for any runtime.
+
+Generation stops at a musical length, not a token count: a wait that would cross the
+end is cut to land exactly on it, and every note still sounding is released there, so
+a clip never hangs a note and never runs long.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .events import Event, Piece, Tempo, TimeSignature
+from .runtime import CachedRuntime
+from .sampling import Grammar, LogitShaper, SamplingControls
+from .tokenizer import StreamDecoder, StreamEncoder, decode_tokens, encode_events
+from .vocab import NOTE, WAIT, Vocabulary
+
+
+@dataclass
+class Continuation:
+    """One generated answer: its tokens, its events (from the prompt's end) and a Piece."""
+
+    tokens: list[int]
+    events: list[Event]
+    piece: Piece
+    seed: int | None
+    info: dict = field(default_factory=dict)
+
+
+def beats_per_bar(piece: Piece) -> float:
+    ts = piece.time_signatures[-1] if piece.time_signatures else None
+    return 4.0 if ts is None else ts.numerator * 4.0 / ts.denominator
+
+
+def prompt_tokens(prompt: Piece, vocab: Vocabulary, style: str | None, families: list[str]) -> list[int]:
+    """Prefix + body of the prompt, all its notes released where its last note stops."""
+    body, _ = encode_events(prompt, vocab)
+    return StreamEncoder(vocab).prefix(style, families) + body
+
+
+def ticks_per_unit(v: Vocabulary) -> float:
+    """Grid ticks per decoder time unit (beats, or seconds in seconds mode)."""
+    return v.config.ticks_per_beat if v.config.time_mode == "beats" else 1000.0 / v.config.wait_ms
+
+
+def continue_rows(
+    runtime: CachedRuntime,
+    logits: np.ndarray,
+    shaper: LogitShaper,
+    grammars: list[Grammar],
+    end_time: float,
+    max_tokens: int,
+    seeds: list[int | None],
+) -> list[list[int]]:
+    """Sample every row of `runtime` until its time reaches `end_time`; close open notes."""
+    v = runtime.vocab
+    b = runtime.batch
+    per = ticks_per_unit(v)
+    rngs = [np.random.default_rng(s) for s in seeds]
+    decoders = [StreamDecoder(v) for _ in range(b)]
+    out: list[list[int]] = [[] for _ in range(b)]
+    done = [False] * b
+    recent: list[list[float]] = [[] for _ in range(b)]
+    window = 2.0 if v.config.time_mode == "beats" else 1.0
+    for _ in range(max_tokens):
+        step = np.full(b, v.wait(1), np.int64)  # finished rows idle on a wait (never read back)
+        for r in range(b):
+            if done[r]:
+                continue
+            dec = decoders[r]
+            recent[r] = [t for t in recent[r] if t > dec.time - window]
+            rate = len(recent[r]) / window if dec.time >= window else None
+            tok = shaper.sample(logits[r], grammars[r], shaper.density_bias(rate), rngs[r])
+            if tok == v.end or (v.kind[tok] == WAIT and dec.time + v.value[tok] / per > end_time - 1e-9):
+                # the model wants to stop, or to wait past the end: rest exactly until the end
+                done[r] = True
+                tok = _wait_to(v, dec.time, end_time)
+                if tok is None:
+                    continue
+            grammars[r].update(tok)
+            dec.feed(tok)
+            if v.kind[tok] == NOTE and v.vbin[tok] > 0:
+                recent[r].append(dec.time)
+            out[r].append(tok)
+            step[r] = tok
+        if all(done):
+            break
+        logits = runtime.step(step)
+    for r in range(b):  # release whatever still sounds, at the end
+        for t in grammars[r].closing_tokens():
+            grammars[r].update(t)
+            out[r].append(t)
+    return out
+
+
+def _wait_to(v: Vocabulary, now: float, end: float) -> int | None:
+    """The single wait that moves `now` closest to `end` without passing it."""
+    ticks = int(round((end - now) * ticks_per_unit(v) + 1e-6))
+    return None if ticks <= 0 else v.wait(min(ticks, v.config.max_wait_ticks))
+
+
+def generate(
+    runtime: CachedRuntime,
+    prompt: Piece,
+    bars: float,
+    controls: SamplingControls = SamplingControls(),
+    style: str | None = None,
+    variations: int = 1,
+    max_tokens: int | None = None,
+) -> list[Continuation]:
+    """`variations` continuations of `bars` bars after the prompt (runtime of batch 1).
+
+    The instrument prefix lists the prompt's families plus those the user favours
+    (strength > 0.5), minus muted ones.
+    """
+    v = runtime.vocab
+    if bars <= 0:
+        raise ValueError(f"bars must be positive, got {bars}")
+    wanted = set(prompt.families) | {f for f, s in controls.strengths.items() if s > 0.5}
+    families = sorted((f for f in wanted if controls.strengths.get(f, 0.5) > 0), key=lambda f: v.family_index.get(f, 99))
+    toks = prompt_tokens(prompt, v, style, families)
+    beats = bars * beats_per_bar(prompt)
+    bpm = prompt.tempos[-1].bpm if prompt.tempos else 120.0
+    end_time = beats if v.config.time_mode == "beats" else beats * 60.0 / bpm
+    max_tokens = max_tokens or int(end_time * ticks_per_unit(v) * 8 + 256)
+    shaper = LogitShaper(v, controls)
+    grammar = Grammar(v)
+    for t in toks:
+        grammar.update(t)
+    logits = runtime.prefill(toks[-runtime.context // 2 :])
+    rt = runtime
+    if variations > 1:
+        rt = runtime.fork(variations)
+        logits = np.repeat(logits, variations, axis=0)
+    seeds = [None if controls.seed is None else controls.seed + i for i in range(variations)]
+    rows = continue_rows(rt, logits, shaper, [grammar.copy() for _ in range(variations)], end_time, max_tokens, seeds)
+    tempos = [Tempo(0.0, prompt.tempos[-1].bpm)] if prompt.tempos else []
+    last_ts = prompt.time_signatures[-1] if prompt.time_signatures else None
+    sigs = [TimeSignature(0.0, last_ts.numerator, last_ts.denominator)] if last_ts else []
+    out = []
+    for row, seed in zip(rows, seeds):
+        dec = StreamDecoder(v)
+        events = dec.feed_many(row) + dec.close_all()
+        piece = decode_tokens(row, v)
+        piece.style = style
+        if v.config.time_mode == "beats":
+            piece.tempos, piece.time_signatures = list(tempos), list(sigs)
+        out.append(Continuation(row, events, piece, seed, {"prompt_tokens": len(toks), "bars": bars}))
+    return out

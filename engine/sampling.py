@@ -1,0 +1,233 @@
+"""Sampling controls and the grammar that keeps generated tokens valid MIDI.
+
+Everything here works on numpy logits, so every runtime (torch, ONNX Runtime,
+TensorRT) samples the same way. Controls can change between any two steps:
+`LogitShaper.set_controls` rebuilds the static bias in well under a millisecond.
+
+Instrument strengths are MuseNet's "strong suggestions" made continuous: a logit bias
+on a family's note-ons of `STRENGTH_SCALE * (2s - 1)` nats -- 0.5 is neutral, 1 strongly
+favours the family -- and exactly 0 masks it. Note-offs are never biased, so a muted
+family can still release what it holds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from musebridge.errors import MuseBridgeError
+
+from .vocab import INSTRUMENT, NOTE, SPECIAL, STYLE, TEMPO, TIMESIG, WAIT, Vocabulary
+
+STRENGTH_SCALE = 3.0
+NEG = -1e9  # a logit nothing can be sampled from (finite, so softmax never sees nan)
+
+SCALES = {
+    "major": (0, 2, 4, 5, 7, 9, 11), "ionian": (0, 2, 4, 5, 7, 9, 11),
+    "minor": (0, 2, 3, 5, 7, 8, 10), "aeolian": (0, 2, 3, 5, 7, 8, 10),
+    "harmonic_minor": (0, 2, 3, 5, 7, 8, 11), "melodic_minor": (0, 2, 3, 5, 7, 9, 11),
+    "dorian": (0, 2, 3, 5, 7, 9, 10), "phrygian": (0, 1, 3, 5, 7, 8, 10), "lydian": (0, 2, 4, 6, 7, 9, 11),
+    "mixolydian": (0, 2, 4, 5, 7, 9, 10), "locrian": (0, 1, 3, 5, 6, 8, 10),
+    "major_pentatonic": (0, 2, 4, 7, 9), "minor_pentatonic": (0, 3, 5, 7, 10), "blues": (0, 3, 5, 6, 7, 10),
+    "chromatic": tuple(range(12)),
+}
+NOTE_NAMES = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
+
+
+class ControlError(MuseBridgeError):
+    """A sampling control with a value that cannot be used."""
+
+
+def parse_key(text: str) -> frozenset[int]:
+    """'C major', 'F# minor', 'Bb dorian', 'A minor_pentatonic' -> pitch classes."""
+    parts = text.strip().replace("-", "_").split()
+    if len(parts) == 1:
+        parts.append("major")
+    if len(parts) != 2 or not parts[0] or parts[0][0].lower() not in NOTE_NAMES:
+        raise ControlError(f"key {text!r} not understood; write e.g. 'C major', 'F# minor', 'Bb dorian'")
+    root = NOTE_NAMES[parts[0][0].lower()]
+    for acc in parts[0][1:]:
+        if acc in "#♯":
+            root += 1
+        elif acc in "b♭":
+            root -= 1
+        else:
+            raise ControlError(f"key {text!r}: {parts[0]!r} is not a note name (use A-G with # or b)")
+    scale = parts[1].lower()
+    if scale not in SCALES:
+        raise ControlError(f"key {text!r}: unknown scale {scale!r}; use one of {', '.join(SCALES)}")
+    return frozenset((root + i) % 12 for i in SCALES[scale])
+
+
+@dataclass(frozen=True)
+class SamplingControls:
+    """What the user steers with. Validated on creation: bad values get one clear line."""
+
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    seed: int | None = None
+    strengths: dict[str, float] = field(default_factory=dict)  # family -> 0..1 (missing: 0.5)
+    key: str | None = None  # e.g. "C major": pitched note-ons outside it are masked
+    density: float | None = None  # target note-ons per beat
+
+    def __post_init__(self) -> None:
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ControlError(f"temperature {self.temperature} must be a positive number (try 0.8-1.2)")
+        if self.top_k < 0:
+            raise ControlError(f"top-k {self.top_k} must be 0 (off) or a positive count")
+        if not 0 < self.top_p <= 1:
+            raise ControlError(f"top-p {self.top_p} must be in (0, 1] (1 is off)")
+        for fam, s in self.strengths.items():
+            if not (0.0 <= s <= 1.0):
+                raise ControlError(f"strength {fam}={s} must be between 0 and 1 (0 mutes, 0.5 neutral, 1 favours)")
+        if self.key is not None:
+            parse_key(self.key)
+        if self.density is not None and not (0 < self.density < 64):
+            raise ControlError(f"density {self.density} must be notes per beat in (0, 64)")
+
+    def with_(self, **changes) -> "SamplingControls":
+        return replace(self, **changes)
+
+
+def parse_strengths(text: str, vocab: Vocabulary) -> dict[str, float]:
+    """'piano=1,drums=0' -> {'piano': 1.0, 'drums': 0.0}, checked against the vocabulary."""
+    out = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, sep, val = item.partition("=")
+        name = name.strip()
+        if not sep:
+            raise ControlError(f"strength {item!r} needs the form family=value, e.g. piano=1")
+        if name not in vocab.family_index:
+            raise ControlError(f"strength for unknown instrument {name!r}; families: {', '.join(vocab.family_index)}")
+        try:
+            out[name] = float(val)
+        except ValueError:
+            raise ControlError(f"strength {item!r}: {val!r} is not a number between 0 and 1") from None
+    return out
+
+
+class Grammar:
+    """Which tokens are legal next: no note-off for a silent key, no note-on for a sounding
+    one, no prefix tokens in the body, no `end` while anything sounds."""
+
+    def __init__(self, vocab: Vocabulary):
+        self.vocab = vocab
+        v = vocab
+        is_note = v.kind == NOTE
+        # one key per (family, pitch): its ids are contiguous [off?, v1..vB]
+        key_of = np.full(len(v), -1, np.int64)
+        offs, ons_lo, ons_hi, has_off = [], [], [], []
+        k = 0
+        for fi, f in enumerate(v.families):
+            off = v.has_note_off(fi)
+            for p in range(f.low, f.high + 1):
+                first = v.note(fi, p, 0 if off else 1)
+                key_of[first : first + v.note_stride[fi]] = k
+                offs.append(first if off else -1)
+                ons_lo.append(first + int(off))
+                ons_hi.append(first + v.note_stride[fi])
+                has_off.append(off)
+                k += 1
+        self.key_of = key_of
+        self.off_id = np.array(offs)
+        self.on_lo, self.on_hi = np.array(ons_lo), np.array(ons_hi)
+        self.is_on = is_note & (v.vbin > 0)
+        self.is_off = is_note & (v.vbin == 0)
+        self.base = np.zeros(len(v), np.float32)
+        never = (v.kind == STYLE) | (v.kind == INSTRUMENT) | (v.kind == TEMPO) | (v.kind == TIMESIG) | (v.kind == SPECIAL)
+        self.base[never] = NEG
+        self.base[v.end] = 0.0
+        self.base[self.is_off] = NEG  # opened per sounding key
+        self.reset()
+
+    def reset(self) -> None:
+        self.mask = self.base.copy()
+        self.sounding: set[int] = set()
+
+    def copy(self) -> "Grammar":
+        g = object.__new__(Grammar)
+        g.__dict__.update(self.__dict__)
+        g.mask = self.mask.copy()
+        g.sounding = set(self.sounding)
+        return g
+
+    def update(self, token: int) -> None:
+        k = self.key_of[token]
+        if k < 0 or self.off_id[k] < 0:
+            return
+        if self.is_on[token]:
+            self.sounding.add(int(k))
+            self.mask[self.off_id[k]] = 0.0
+            self.mask[self.on_lo[k] : self.on_hi[k]] = NEG
+        else:
+            self.sounding.discard(int(k))
+            self.mask[self.off_id[k]] = NEG
+            self.mask[self.on_lo[k] : self.on_hi[k]] = 0.0
+        self.mask[self.vocab.end] = NEG if self.sounding else 0.0
+
+    def closing_tokens(self) -> list[int]:
+        """Note-offs for every sounding key: what generation appends before it stops."""
+        return [int(self.off_id[k]) for k in sorted(self.sounding)]
+
+
+class LogitShaper:
+    """Controls -> a static bias; plus the grammar mask and the density controller."""
+
+    def __init__(self, vocab: Vocabulary, controls: SamplingControls = SamplingControls()):
+        self.vocab = vocab
+        self.set_controls(controls)
+
+    def set_controls(self, controls: SamplingControls) -> None:
+        v = self.vocab
+        bias = np.zeros(len(v), np.float32)
+        on = (v.kind == NOTE) & (v.vbin > 0)
+        for fam, s in controls.strengths.items():
+            sel = on & (v.family == v.family_index[fam])
+            bias[sel] = NEG if s <= 0 else STRENGTH_SCALE * (2 * s - 1)
+        if controls.key:
+            pcs = np.array(sorted(parse_key(controls.key)))
+            drums = np.array([f.is_drums for f in v.families])
+            pitched = on & ~drums[np.maximum(v.family, 0)]
+            outside = pitched & ~np.isin(v.pitch % 12, pcs)
+            bias[outside] = NEG
+        self.controls = controls
+        self.bias = bias
+        self.on_mask = on
+        self.rng = np.random.default_rng(controls.seed)
+
+    def density_bias(self, recent_notes_per_beat: float | None) -> float:
+        """Extra logit on all note-ons pushing towards the density target (log ratio)."""
+        target = self.controls.density
+        if target is None or recent_notes_per_beat is None:
+            return 0.0
+        return float(np.clip(math.log((target + 0.25) / (recent_notes_per_beat + 0.25)), -3.0, 3.0))
+
+    def sample(self, logits: np.ndarray, grammar: Grammar, note_bias: float = 0.0, rng=None) -> int:
+        """One token id from logits [V] under controls, grammar and density bias."""
+        c = self.controls
+        x = logits.astype(np.float64) / c.temperature + self.bias + grammar.mask
+        if note_bias:
+            x = x + note_bias * self.on_mask
+        return sample_logits(x, c.top_k, c.top_p, rng if rng is not None else self.rng)
+
+
+def sample_logits(x: np.ndarray, top_k: int, top_p: float, rng: np.random.Generator) -> int:
+    """Sample from (already tempered and masked) logits with top-k then top-p."""
+    if top_k and top_k < len(x):
+        kth = np.partition(x, -top_k)[-top_k]
+        x = np.where(x >= kth, x, -np.inf)
+    x = x - x.max()
+    p = np.exp(x)
+    p[x < NEG / 2] = 0.0
+    p /= p.sum()
+    if top_p < 1.0:
+        order = np.argsort(-p)
+        cum = np.cumsum(p[order])
+        keep = order[: int(np.searchsorted(cum, top_p)) + 1]
+        q = np.zeros_like(p)
+        q[keep] = p[keep]
+        p = q / q.sum()
+    return int(rng.choice(len(p), p=p))
