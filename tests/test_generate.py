@@ -1,0 +1,151 @@
+"""Sampling controls, grammar and generation with a small random model (no training)."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from musebridge.engine.checkpoint import ModelFileError, load_model, save_model  # noqa: E402
+from musebridge.engine.events import Note, Piece, TimeSignature  # noqa: E402
+from musebridge.engine.generate import generate  # noqa: E402
+from musebridge.engine.midi_file import read_midi, write_midi  # noqa: E402
+from musebridge.engine.model import ModelConfig, MuseModel  # noqa: E402
+from musebridge.engine.sampling import ControlError, Grammar, LogitShaper, SamplingControls, parse_key, parse_strengths  # noqa: E402
+from musebridge.engine.torch_runtime import TorchRuntime  # noqa: E402
+from musebridge.engine.vocab import NOTE, Vocabulary  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup():
+    vocab = Vocabulary()
+    torch.manual_seed(0)
+    model = MuseModel(ModelConfig(vocab_size=len(vocab), n_layer=1, n_head=2, d_model=32, window=16, context=256))
+    with torch.no_grad():  # lean towards notes so tests see plenty of them
+        model.tok.weight[vocab.note_token_mask(offs=False)] += 0.05
+    return model, vocab
+
+
+def _prompt():
+    return Piece(notes=[Note(i * 0.5, 0.5, 60 + (i % 5), 90, "piano") for i in range(8)] + [Note(0, 2, 40, 90, "bass")],
+                 time_signatures=[TimeSignature(0, 4, 4)])
+
+
+def test_strength_zero_masks_a_family_over_1000_steps(setup):
+    model, vocab = setup
+    rt = TorchRuntime(model, vocab)
+    controls = SamplingControls(seed=1, strengths={"piano": 0.0, "bass": 1.0})
+    out = generate(rt, _prompt(), bars=64, controls=controls, max_tokens=1000)[0]
+    assert len(out.tokens) >= 1000
+    fams = [vocab.families[vocab.family[t]].name for t in out.tokens if vocab.kind[t] == NOTE and vocab.vbin[t] > 0]
+    assert len(fams) > 100 and "piano" not in fams
+
+
+def test_output_is_valid_midi_with_nothing_left_sounding(setup, tmp_path):
+    model, vocab = setup
+    rt = TorchRuntime(model, vocab)
+    outs = generate(rt, _prompt(), bars=2, controls=SamplingControls(seed=3, temperature=1.3), variations=3)
+    for i, out in enumerate(outs):
+        assert out.piece.end <= 8.0 + 1e-9  # 2 bars of 4/4, never longer
+        sounding = set()
+        for e in out.events:
+            key = (getattr(e, "family", None), getattr(e, "pitch", None))
+            if type(e).__name__ == "NoteOn":
+                assert key not in sounding
+                sounding.add(key)
+            elif type(e).__name__ == "NoteOff":
+                sounding.discard(key)
+        assert not sounding
+        write_midi(out.piece, tmp_path / f"o{i}.mid")
+        back = read_midi(tmp_path / f"o{i}.mid")
+        assert len(back.notes) == len(out.piece.notes)
+
+
+def test_same_seed_same_notes_and_fork_matches_single(setup):
+    model, vocab = setup
+    rt = TorchRuntime(model, vocab)
+    a = generate(rt, _prompt(), bars=1, controls=SamplingControls(seed=42))[0]
+    b = generate(rt, _prompt(), bars=1, controls=SamplingControls(seed=42))[0]
+    c = generate(rt, _prompt(), bars=1, controls=SamplingControls(seed=43))[0]
+    assert a.tokens == b.tokens and a.tokens != c.tokens
+    many = generate(rt, _prompt(), bars=1, controls=SamplingControls(seed=42), variations=2)
+    assert many[0].tokens == a.tokens  # variation i uses seed + i, forked from the same prompt
+
+
+def test_key_constraint(setup):
+    model, vocab = setup
+    rt = TorchRuntime(model, vocab)
+    out = generate(rt, _prompt(), bars=4, controls=SamplingControls(seed=5, key="D major", strengths={"drums": 0}))[0]
+    pcs = {n.pitch % 12 for n in out.piece.notes}
+    assert pcs and pcs <= parse_key("D major")
+
+
+def test_grammar_forbids_offs_of_silent_keys_and_end_while_sounding(setup):
+    _, vocab = setup
+    g = Grammar(vocab)
+    on, off = vocab.note(0, 60, 5), vocab.note(0, 60, 0)
+    assert g.mask[off] < -1e8 and g.mask[vocab.end] == 0
+    g.update(on)
+    assert g.mask[off] == 0 and g.mask[vocab.end] < -1e8 and g.mask[vocab.note(0, 60, 3)] < -1e8
+    assert g.closing_tokens() == [off]
+    g.update(off)
+    assert g.mask[off] < -1e8 and g.mask[vocab.end] == 0
+
+
+def test_controls_change_between_steps(setup):
+    _, vocab = setup
+    shaper = LogitShaper(vocab, SamplingControls(seed=0))
+    logits = np.zeros(len(vocab), np.float32)
+    g = Grammar(vocab)
+    shaper.set_controls(SamplingControls(seed=0, strengths={f: 0.0 for f in vocab.family_index if f != "organ"}))
+    picks = [shaper.sample(logits, g) for _ in range(300)]
+    fams = {vocab.families[vocab.family[t]].name for t in picks if vocab.kind[t] == NOTE}
+    assert fams == {"organ"}
+
+
+def test_strength_one_favours_a_family(setup):
+    _, vocab = setup
+    logits = np.zeros(len(vocab), np.float32)
+    share = {}
+    for s in (0.5, 1.0):
+        shaper = LogitShaper(vocab, SamplingControls(seed=0, strengths={"bass": s}))
+        picks = [shaper.sample(logits, Grammar(vocab)) for _ in range(2000)]
+        notes = [t for t in picks if vocab.kind[t] == NOTE]
+        share[s] = sum(vocab.families[vocab.family[t]].name == "bass" for t in notes) / len(notes)
+    assert share[0.5] < 0.1 and share[1.0] > 0.4
+
+
+@pytest.mark.parametrize("kwargs, msg", [
+    (dict(temperature=0), "temperature"), (dict(top_p=1.5), "top-p"), (dict(top_k=-1), "top-k"),
+    (dict(strengths={"piano": 2}), "strength"), (dict(key="H major"), "key"), (dict(density=-1), "density"),
+])
+def test_bad_controls_get_clear_errors(kwargs, msg):
+    with pytest.raises(ControlError, match=msg):
+        SamplingControls(**kwargs)
+
+
+def test_parse_strengths():
+    v = Vocabulary()
+    assert parse_strengths("piano=1, drums=0", v) == {"piano": 1.0, "drums": 0.0}
+    for bad in ("kazoo=1", "piano", "piano=loud"):
+        with pytest.raises(ControlError):
+            parse_strengths(bad, v)
+
+
+def test_model_folder_round_trip_and_damage(setup, tmp_path):
+    model, vocab = setup
+    save_model(tmp_path / "m", model, vocab, {"note": "test"})
+    m2, v2, info = load_model(tmp_path / "m")
+    assert v2 == vocab and info == {"note": "test"}
+    tok = torch.randint(0, len(vocab), (1, 20))
+    f = torch.zeros(1, 20, 5, dtype=torch.long)
+    with torch.no_grad():
+        assert torch.allclose(model(tok, f), m2(tok, f))
+    w = tmp_path / "m" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:1000])
+    with pytest.raises(ModelFileError, match="corrupt"):
+        load_model(tmp_path / "m")
+    with pytest.raises(ModelFileError, match="not found"):
+        load_model(tmp_path / "nowhere")
+    w.write_bytes(b"\x80\x04pickle")
+    with pytest.raises(ModelFileError):
+        load_model(tmp_path / "m")
