@@ -14,7 +14,7 @@ import click
 from . import __version__
 from .errors import MuseBridgeError
 from .data_cmd import data
-from .model_cmd import generate, train
+from .model_cmd import evaluate, generate, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,6 +29,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 cli.add_command(data)
 cli.add_command(train)
 cli.add_command(generate)
+cli.add_command(evaluate)
 
 
 def main(argv: list[str] | None = None) -> int:

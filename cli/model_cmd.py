@@ -13,6 +13,8 @@ from .errors import MuseBridgeError
 @click.command()
 @click.option("--data", required=True, type=click.Path(), help="A folder built by `musebridge data build`.")
 @click.option("--config", "model", type=click.Choice(["tiny", "small", "base"]), default="small", show_default=True)
+@click.option("--arch", type=click.Choice(["transformer", "lstm", "ngram"]), default="transformer", show_default=True,
+              help="lstm and ngram train the baselines (lstm sized to the transformer's parameter count).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (resumes if it holds a run).")
 @click.option("--steps", type=int, default=2000, show_default=True)
 @click.option("--batch-size", type=int, default=4, show_default=True)
@@ -26,7 +28,7 @@ from .errors import MuseBridgeError
 @click.option("--no-augment", is_flag=True, help="No transposition or velocity augmentation.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default).")
-def train(data, model, out, steps, batch_size, seq_len, lr, warmup, eval_every, save_every, max_minutes, mixup, no_augment, seed, threads) -> None:
+def train(data, model, arch, out, steps, batch_size, seq_len, lr, warmup, eval_every, save_every, max_minutes, mixup, no_augment, seed, threads) -> None:
     """Train a model on built shards (torchrun for several GPUs)."""
     try:
         import torch
@@ -36,6 +38,10 @@ def train(data, model, out, steps, batch_size, seq_len, lr, warmup, eval_every, 
 
     from musebridge.engine.train import TrainConfig, train as run_train
 
+    if arch == "ngram":
+        _fit_ngram(data, out)
+        return
+
     if threads:
         torch.set_num_threads(threads)
     for name, value in (("steps", steps), ("batch-size", batch_size), ("seq-len", seq_len), ("eval-every", eval_every), ("save-every", save_every)):
@@ -43,7 +49,7 @@ def train(data, model, out, steps, batch_size, seq_len, lr, warmup, eval_every, 
             raise click.BadParameter(f"--{name} must be at least 1, got {value}")
     if not lr > 0:
         raise click.BadParameter(f"--lr must be positive, got {lr}")
-    cfg = TrainConfig(model=model, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, min_lr=lr / 10, warmup=warmup,
+    cfg = TrainConfig(model=model, arch=arch, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, min_lr=lr / 10, warmup=warmup,
                       eval_every=eval_every, save_every=save_every, max_minutes=max_minutes, mixup=mixup,
                       augment=not no_augment, seed=seed)
     console = Console(stderr=True)
@@ -66,6 +72,62 @@ def train(data, model, out, steps, batch_size, seq_len, lr, warmup, eval_every, 
 
         last = run_train(data, out, cfg, log)
     console.print(f"best validation loss {last['best_val_loss']:.4f} nats/token; model in {Path(out) / 'model'}")
+
+
+def _fit_ngram(data: str, out: str) -> None:
+    import time
+
+    import numpy as np
+
+    from musebridge.engine.baselines import NGramModel
+    from musebridge.engine.dataset import TokenShards
+
+    t0 = time.time()
+    shards = TokenShards(data)
+    model = NGramModel(len(shards.vocab)).fit(np.asarray(shards.tokens("train")))
+    Path(out).mkdir(parents=True, exist_ok=True)
+    model.save(Path(out) / "ngram.npz")
+    click.echo(f"fitted a {model.order}-gram on {len(shards.tokens('train')):,} tokens in {time.time() - t0:.1f} s: {Path(out) / 'ngram.npz'}")
+
+
+@click.command("eval")
+@click.option("--data", required=True, type=click.Path(), help="A built data folder.")
+@click.option("--model", "models", multiple=True, type=click.Path(), help="Model folder(s) (default: the shipped model).")
+@click.option("--baselines", "baselines", type=click.Path(), default=None, is_flag=False, flag_value="DATA/baselines",
+              help="Also score the baselines in this folder (lstm/ and ngram.npz; default DATA/baselines).")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--seq-len", type=int, default=2048, show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the rows as JSON.")
+def evaluate(data, models, baselines, split, seq_len, json_out) -> None:
+    """Held-out NLL in nats/token and bits/note, side by side."""
+    import json
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from musebridge.engine.checkpoint import DEFAULT_MODEL
+    from musebridge.engine.evaluate import evaluate as run_eval
+
+    named = {Path(m).name if Path(m).name != "model" else Path(m).parent.name: m for m in (models or [str(DEFAULT_MODEL)])}
+    ngram = None
+    if baselines:
+        base = Path(data) / "baselines" if baselines == "DATA/baselines" else Path(baselines)
+        if (base / "lstm" / "model" / "config.json").exists():
+            named["lstm"] = str(base / "lstm" / "model")
+        if (base / "ngram.npz").exists():
+            ngram = base / "ngram.npz"
+        if "lstm" not in named and ngram is None:
+            raise MuseBridgeError(f"no baselines in {base}; train them: musebridge train --arch ngram --data {data} --out {base} "
+                                  f"and musebridge train --arch lstm --data {data} --out {base / 'lstm'}")
+    rows = run_eval(data, named, ngram, split, seq_len)
+    t = Table(title=f"held-out NLL on {split} ({rows[0].tokens:,} tokens)")
+    for c in ("model", "parameters", "nats/token", "bits/note", "seconds"):
+        t.add_column(c, justify="left" if c == "model" else "right")
+    for r in rows:
+        t.add_row(r.name, f"{r.params:,}", f"{r.nats_per_token:.4f}", f"{r.bits_per_note:.3f}", f"{r.seconds:.0f}")
+    Console().print(t)
+    if json_out:
+        Path(json_out).write_text(json.dumps([asdict(r) for r in rows], indent=1))
 
 
 @click.command()

@@ -31,7 +31,8 @@ def save_model(folder: str | Path, model, vocab: Vocabulary, info: dict | None =
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "head.weight"}
     save_file(state, str(folder / "model.safetensors"), metadata={"format": MODEL_FORMAT})
-    cfg = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "model": model.cfg.to_dict(), "info": info or {}}
+    mcfg = model.cfg.to_dict() if hasattr(model.cfg, "to_dict") else dict(model.cfg)
+    cfg = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "model": mcfg, "info": info or {}}
     (folder / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
     vocab.save(folder / "vocab.json")
 
@@ -74,12 +75,22 @@ def load_model(folder: str | Path | None = None, device: str = "cpu"):
     folder = Path(folder) if folder else DEFAULT_MODEL
     cfg = read_model_config(folder)
     vocab = load_vocab(folder)
+    section = dict(cfg.get("model") or {})
     try:
-        mcfg = ModelConfig(**cfg["model"])
-    except (TypeError, ValueError) as e:
+        if section.get("arch") == "lstm":
+            from .baselines import lstm_model
+
+            mcfg = None
+            model = lstm_model(section["vocab_size"], section["d_embed"], section["hidden"], section["layers"])
+            vocab_size = section["vocab_size"]
+        else:
+            mcfg = ModelConfig(**section)
+            model = MuseModel(mcfg)
+            vocab_size = mcfg.vocab_size
+    except (TypeError, ValueError, KeyError) as e:
         raise ModelFileError(f"{folder}/config.json has a bad model section ({e})") from None
-    if mcfg.vocab_size != len(vocab):
-        raise ModelFileError(f"{folder}: model expects {mcfg.vocab_size} tokens but vocab.json has {len(vocab)}; the files do not belong together")
+    if vocab_size != len(vocab):
+        raise ModelFileError(f"{folder}: model expects {vocab_size} tokens but vocab.json has {len(vocab)}; the files do not belong together")
     weights = folder / "model.safetensors"
     try:
         state = load_file(str(weights))
@@ -87,7 +98,6 @@ def load_model(folder: str | Path | None = None, device: str = "cpu"):
         raise ModelFileError(f"{weights} is missing; re-copy or retrain the model") from None
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise ModelFileError(f"{weights} is corrupt ({str(e).splitlines()[0][:120]}); re-copy or retrain the model") from None
-    model = MuseModel(mcfg)
     state["head.weight"] = state.get("tok.weight", torch.empty(0))
     try:
         model.load_state_dict(state, strict=True)

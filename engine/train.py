@@ -33,6 +33,7 @@ from .model import CONFIGS, ModelConfig, MuseModel
 @dataclass
 class TrainConfig:
     model: str = "small"  # a key of model.CONFIGS
+    arch: str = "transformer"  # or "lstm": the baseline with about the same parameter count
     seq_len: int = 2048
     batch_size: int = 4
     steps: int = 2000
@@ -59,6 +60,18 @@ class TrainError(MuseBridgeError):
     pass
 
 
+def build_model(arch: str, mcfg: ModelConfig):
+    """The transformer, or the LSTM baseline sized to the same parameter count."""
+    if arch == "transformer":
+        return MuseModel(mcfg)
+    if arch == "lstm":
+        from .baselines import lstm_hidden_for, lstm_model
+
+        target = MuseModel(mcfg).num_params()
+        return lstm_model(mcfg.vocab_size, mcfg.d_model, lstm_hidden_for(target, mcfg.vocab_size, mcfg.d_model))
+    raise TrainError(f"unknown architecture {arch!r}; use transformer or lstm")
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -71,7 +84,7 @@ def transpose_at(step: int, cfg: TrainConfig) -> int:
     return cfg.max_transpose if frac < 0.6 else max(cfg.max_transpose // 2, 1) if frac < 0.85 else 1
 
 
-def loss_fn(model: MuseModel, toks: torch.Tensor, feats: torch.Tensor, pad: int,
+def loss_fn(model, toks: torch.Tensor, feats: torch.Tensor, pad: int,
             mix: tuple[torch.Tensor, torch.Tensor, float] | None = None) -> torch.Tensor:
     """Mean next-token cross entropy in nats over non-pad targets."""
     x, f, y = toks[:, :-1], feats[:, :-1], toks[:, 1:]
@@ -85,7 +98,7 @@ def loss_fn(model: MuseModel, toks: torch.Tensor, feats: torch.Tensor, pad: int,
         lg, toks2[:, 1:].flatten(), ignore_index=pad)
 
 
-def _optimizer(model: MuseModel, cfg: TrainConfig) -> torch.optim.AdamW:
+def _optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -93,7 +106,7 @@ def _optimizer(model: MuseModel, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), **kw)
 
 
-def save_state(run: Path, model: MuseModel, opt: torch.optim.Optimizer, step: int, rng_state: dict, extra: dict) -> None:
+def save_state(run: Path, model, opt: torch.optim.Optimizer, step: int, rng_state: dict, extra: dict) -> None:
     """Weights and optimizer moments as safetensors, counters as JSON: resumable, no pickle."""
     from safetensors.torch import save_file
 
@@ -110,7 +123,7 @@ def save_state(run: Path, model: MuseModel, opt: torch.optim.Optimizer, step: in
     (run / "state.json").write_text(json.dumps(meta))
 
 
-def load_state(run: Path, model: MuseModel, opt: torch.optim.Optimizer) -> dict:
+def load_state(run: Path, model, opt: torch.optim.Optimizer) -> dict:
     from safetensors.torch import load_file
 
     tensors = load_file(str(run / "state.safetensors"))
@@ -160,7 +173,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, log: Callable[[di
     if cfg.seq_len > mcfg.context:
         raise TrainError(f"seq_len {cfg.seq_len} exceeds the model context {mcfg.context}")
     torch.manual_seed(cfg.seed + rank)
-    model = MuseModel(mcfg).to(device)
+    model = build_model(cfg.arch, mcfg).to(device)
     opt = _optimizer(model, cfg)
     start_step, best = 0, float("inf")
     rng = np.random.default_rng(cfg.seed + 1000 * rank)
@@ -201,7 +214,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, log: Callable[[di
         return float(np.mean(losses))
 
     if master:
-        emit({"event": "start", "step": start_step, "params": model.num_params(), "model": mcfg.to_dict(),
+        emit({"event": "start", "step": start_step, "params": model.num_params(), "model": mcfg.to_dict() if cfg.arch == "transformer" else model.cfg,
               "train": asdict(cfg), "device": device, "train_tokens": int(len(train_s.tokens)), "time": time.time()})
     t0 = time.time()
     tokens_seen = 0
