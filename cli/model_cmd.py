@@ -13,8 +13,11 @@ from .errors import MuseBridgeError
 @click.command()
 @click.option("--data", required=True, type=click.Path(), help="A folder built by `musebridge data build`.")
 @click.option("--config", "model", type=click.Choice(["tiny", "small", "base"]), default="small", show_default=True)
-@click.option("--arch", type=click.Choice(["transformer", "lstm", "ngram"]), default="transformer", show_default=True,
-              help="lstm and ngram train the baselines (lstm sized to the transformer's parameter count).")
+@click.option("--arch", type=click.Choice(["transformer", "lstm", "ngram", "critic", "style"]), default="transformer",
+              show_default=True, help="lstm and ngram: the baselines (lstm sized to the transformer); critic: real vs "
+              "--generator's output, for ranking; style: the style classifier for evaluation.")
+@click.option("--generator", type=click.Path(), default=None, help="--arch critic: the model whose output it learns to spot.")
+@click.option("--samples", type=int, default=256, show_default=True, help="--arch critic: generated (and real) windows.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (resumes if it holds a run).")
 @click.option("--steps", type=int, default=2000, show_default=True)
 @click.option("--batch-size", type=int, default=4, show_default=True)
@@ -28,7 +31,7 @@ from .errors import MuseBridgeError
 @click.option("--no-augment", is_flag=True, help="No transposition or velocity augmentation.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default).")
-def train(data, model, arch, out, steps, batch_size, seq_len, lr, warmup, eval_every, save_every, max_minutes, mixup, no_augment, seed, threads) -> None:
+def train(data, model, arch, generator, samples, out, steps, batch_size, seq_len, lr, warmup, eval_every, save_every, max_minutes, mixup, no_augment, seed, threads) -> None:
     """Train a model on built shards (torchrun for several GPUs)."""
     try:
         import torch
@@ -40,6 +43,18 @@ def train(data, model, arch, out, steps, batch_size, seq_len, lr, warmup, eval_e
 
     if arch == "ngram":
         _fit_ngram(data, out)
+        return
+    if arch in ("critic", "style"):
+        from musebridge.engine.critic import train_critic, train_style
+
+        with Console(stderr=True).status(f"training the {arch} classifier"):
+            if arch == "critic":
+                info = train_critic(generator, data, out, samples=samples, steps=steps, seed=seed)
+                click.echo(f"critic in {out}: held-out accuracy {info['held_out_accuracy']:.3f} (real vs generated)")
+            else:
+                info = train_style(data, out, steps=steps, seed=seed)
+                acc = "n/a" if info["val_accuracy"] is None else f"{info['val_accuracy']:.3f}"
+                click.echo(f"style classifier in {out}: {len(info['classes'])} styles, validation accuracy {acc}")
         return
 
     if threads:
@@ -146,9 +161,11 @@ def evaluate(data, models, baselines, split, seq_len, json_out) -> None:
 @click.option("--with-prompt", is_flag=True, help="Write the prompt before the continuation.")
 @click.option("--model", "model_dir", type=click.Path(), default=None, help="Model folder (default: the shipped model).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Output .mid file.")
+@click.option("--critic", type=click.Path(), default=None,
+              help="Rank variations with this critic (default: the model folder's critic/, if any).")
 @click.option("--list-styles", is_flag=True, help="Print the model's style labels and exit.")
 def generate(prompt, bars, style, strengths, temperature, top_k, top_p, key, density, seed, variations, with_prompt,
-             model_dir, out, list_styles) -> None:
+             model_dir, critic, out, list_styles) -> None:
     """Continue a MIDI prompt with the model and write the result as MIDI."""
     from musebridge.engine.checkpoint import load_vocab, DEFAULT_MODEL
     from musebridge.engine.events import Piece
@@ -180,8 +197,19 @@ def generate(prompt, bars, style, strengths, temperature, top_k, top_p, key, den
         raise MuseBridgeError("generation needs PyTorch for now: pip install torch==2.13.0") from None
     model, vocab, _ = load_model(folder)
     results = run_generate(TorchRuntime(model, vocab), piece, bars, controls, style, variations)
+    scores = [None] * len(results)
+    critic_dir = Path(critic) if critic else folder / "critic"
+    if variations > 1 and (critic or (critic_dir / "classifier.json").exists()):
+        from musebridge.engine.critic import load_classifier, rank_by_critic
+        from musebridge.engine.generate import prompt_tokens
+
+        crit, _, _ = load_classifier(critic_dir)
+        head = prompt_tokens(piece, vocab, style, piece.families)
+        scores = list(rank_by_critic(crit, vocab, [head + r.tokens for r in results]))
+        order = sorted(range(len(results)), key=lambda i: -scores[i])
+        results, scores = [results[i] for i in order], [scores[i] for i in order]
     outs = [Path(out)] if variations == 1 else [Path(out).with_name(f"{Path(out).stem}-{i + 1}{Path(out).suffix}") for i in range(variations)]
-    for res, path in zip(results, outs):
+    for res, path, score in zip(results, outs, scores):
         clip = res.piece
         if with_prompt:
             from musebridge.engine.events import Note
@@ -192,7 +220,8 @@ def generate(prompt, bars, style, strengths, temperature, top_k, top_p, key, den
                          style=style)
         meta = {"seed": res.seed, "bars": bars, "style": style, "temperature": temperature, "top_k": top_k, "top_p": top_p,
                 "strengths": parsed, "key": key, "density": density, "prompt": str(prompt) if prompt else None,
-                "model": str(folder)}
+                "model": str(folder), "critic_score": None if score is None else round(float(score), 4)}
         write_midi(clip, path, metadata=meta)
         fams = ", ".join(clip.families) or "nothing"
-        click.echo(f"{path}: {len(clip.notes)} notes over {clip.end:.1f} beats ({fams})")
+        ranked = "" if score is None else f", critic {score:.2f}"
+        click.echo(f"{path}: {len(clip.notes)} notes over {clip.end:.1f} beats ({fams}), seed {res.seed}{ranked}")

@@ -73,6 +73,9 @@ def continue_rows(
             recent[r] = [t for t in recent[r] if t > dec.time - window]
             rate = len(recent[r]) / window if dec.time >= window else None
             tok = shaper.sample(logits[r], grammars[r], shaper.density_bias(rate), rngs[r])
+            if tok == v.end and end_time == float("inf"):
+                done[r] = True  # open-ended sampling (the critic's data): stop where the model stops
+                continue
             if tok == v.end or (v.kind[tok] == WAIT and dec.time + v.value[tok] / per > end_time - 1e-9):
                 # the model wants to stop, or to wait past the end: rest exactly until the end
                 done[r] = True

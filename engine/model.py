@@ -252,11 +252,15 @@ class MuseModel(nn.Module):
 
     def forward(self, tokens: torch.Tensor, feats: torch.Tensor, dense: bool = False) -> torch.Tensor:
         """Logits [B,T,V] for a sequence starting at position 0."""
-        return self._blocks(self.embed(tokens, feats), dense)
+        return self.head(self._blocks(self.embed(tokens, feats), dense))
+
+    def hidden(self, tokens: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """Final hidden states [B,T,d] (the trunk the critic and style classifier use)."""
+        return self._blocks(self.embed(tokens, feats))
 
     def forward_mixed(self, tokens, feats, tokens2, feats2, lam: float) -> torch.Tensor:
         """MuseNet's embedding mixup: the blocks see lam·emb(a) + (1-lam)·emb(b)."""
-        return self._blocks(lam * self.embed(tokens, feats) + (1 - lam) * self.embed(tokens2, feats2))
+        return self.head(self._blocks(lam * self.embed(tokens, feats) + (1 - lam) * self.embed(tokens2, feats2)))
 
     def _blocks(self, x: torch.Tensor, dense: bool = False) -> torch.Tensor:
         t = x.shape[1]
@@ -267,7 +271,7 @@ class MuseModel(nn.Module):
             h = blk.ln1(x)
             x = x + (blk.attn.forward_dense(h, cos, sin) if dense else blk.attn(h, cos, sin)[0])
             x = x + blk.mlp(blk.ln2(x))
-        return self.head(self.ln_f(x))
+        return self.ln_f(x)
 
     def forward_cached(self, tokens: torch.Tensor, feats: torch.Tensor, cache: "KVCache", start: int) -> torch.Tensor:
         """Logits for new tokens at positions start.. (the cache holds everything before)."""

@@ -10,6 +10,13 @@ import pytest
 from musebridge.engine.events import Note, Piece
 from musebridge.engine.vocab import Vocabulary
 
+try:  # test models are tiny: one thread each avoids OpenMP threads fighting across xdist workers
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:
+    pass
+
 
 def write_test_midi(path: Path, tpb: int = 96) -> list[tuple[int, int, int, float, float, int]]:
     """A small multi-track file: piano chords, a bass line, strings with sustain pedal,

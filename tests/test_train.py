@@ -83,3 +83,35 @@ def test_baselines_and_eval_table(data, tmp_path):
     assert 0.5 < lstm_params / tf_params < 2.0
     # the n-gram has seen these exact pieces (the test corpus repeats one file): near-perfect
     assert rows[2].nats_per_token < rows[0].nats_per_token
+
+
+def test_critic_and_style_classifier(tmp_path):
+    from musebridge.engine.critic import inception_score, load_classifier, rank_by_critic, train_critic, train_style
+
+    for style, pitch_shift in (("low", 0), ("high", 24)):
+        src = tmp_path / style
+        src.mkdir()
+        for i in range(12):
+            write_test_midi(src / f"{i}.mid")
+    # make the two folders differ musically: transpose the "high" one
+    from musebridge.engine.midi_file import read_midi, write_midi
+    from musebridge.engine.events import Note
+
+    for f in (tmp_path / "high").glob("*.mid"):
+        p = read_midi(f)
+        p.notes = [Note(n.start, n.duration, n.pitch + (24 if n.family != "drums" else 0), n.velocity, n.family) for n in p.notes]
+        write_midi(p, f)
+    build([str(tmp_path / "low"), str(tmp_path / "high")], tmp_path / "d", workers=1)
+    train(tmp_path / "d", tmp_path / "gen", _cfg(steps=2))
+    info = train_critic(tmp_path / "gen" / "model", tmp_path / "d", tmp_path / "critic", samples=8, steps=30, length=128, prompt_len=16)
+    assert info["held_out_accuracy"] >= 0.75  # an untrained generator is easy to spot
+    critic, vocab, _ = load_classifier(tmp_path / "critic")
+    shards = TokenShards(tmp_path / "d")
+    real = np.asarray(shards.piece_tokens(shards.split_pieces("train")[0]))[:128]
+    noise = np.random.default_rng(0).integers(3, 200, 128)
+    s_real, s_noise = rank_by_critic(critic, vocab, [real, noise], length=128)
+    assert s_real > s_noise
+    info = train_style(tmp_path / "d", tmp_path / "style", steps=60, length=128, min_pieces=5, per_class=20)
+    assert info["classes"] == ["high", "low"]
+    assert inception_score(np.eye(2)[[0, 1, 0, 1]]) == pytest.approx(2.0)
+    assert inception_score(np.full((4, 2), 0.5)) == pytest.approx(1.0)
