@@ -17,13 +17,15 @@ from .data_cmd import data
 from .model_cmd import evaluate, generate, train
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
 @click.version_option(__version__, prog_name="musebridge")
 @click.option("--debug", is_flag=True, help="Show full tracebacks for unexpected errors.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
     """MuseBridge: a realtime MIDI co-composer that sits beside your DAW."""
     ctx.obj = {"debug": debug}
+    if ctx.invoked_subcommand is None:  # the desktop app will open here (issue 6)
+        click.echo(ctx.get_help())
 
 
 cli.add_command(data)

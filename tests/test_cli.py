@@ -43,3 +43,34 @@ def test_errors_are_one_line_without_traceback(tmp_path):
         assert "Traceback" not in r.stderr
         lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
         assert lines and ("error" in lines[-1].lower()), r.stderr
+
+
+def test_generate_command_writes_valid_clips(tmp_path):
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    from musebridge.engine.checkpoint import save_model
+    from musebridge.engine.midi_file import read_metadata, read_midi
+    from musebridge.engine.model import ModelConfig, MuseModel
+    from musebridge.engine.vocab import VocabConfig, Vocabulary
+
+    vocab = Vocabulary(VocabConfig(styles=("jazz", "pop")))
+    torch.manual_seed(0)
+    save_model(tmp_path / "m", MuseModel(ModelConfig(vocab_size=len(vocab), n_layer=1, n_head=2, d_model=32, window=16, context=256)), vocab)
+    write_test_midi(tmp_path / "prompt.mid")
+    r = run("generate", "--model", str(tmp_path / "m"), "--prompt", str(tmp_path / "prompt.mid"), "--bars", "2",
+            "--strength", "piano=1,drums=0", "--seed", "7", "--style", "jazz", "--variations", "2", "--out", str(tmp_path / "o.mid"))
+    assert r.returncode == 0, r.stderr
+    for i in (1, 2):
+        clip = read_midi(tmp_path / f"o-{i}.mid")
+        assert "drums" not in clip.families and clip.end <= 2 * 3 + 1e-6  # the prompt ends in 3/4
+        meta = read_metadata(tmp_path / f"o-{i}.mid")
+        assert meta["seed"] in (7, 8) and meta["style"] == "jazz" and meta["strengths"] == {"piano": 1.0, "drums": 0.0}
+    r = run("generate", "--model", str(tmp_path / "m"), "--list-styles")
+    assert r.stdout.split() == ["unknown", "jazz", "pop"]
+    for args, what in ((("--style", "polka"), "style"), (("--strength", "kazoo=1"), "kazoo"), (("--temperature", "0"), "temperature"),
+                       (("--prompt", str(tmp_path / "missing.mid")), "not found")):
+        r = run("generate", "--model", str(tmp_path / "m"), "--bars", "1", "--out", str(tmp_path / "x.mid"), *args)
+        assert r.returncode == 2 and what in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    r = run("generate", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.mid"))
+    assert r.returncode == 2 and "not found" in r.stderr
