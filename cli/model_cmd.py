@@ -113,7 +113,10 @@ def _fit_ngram(data: str, out: str) -> None:
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
 @click.option("--seq-len", type=int, default=2048, show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the rows as JSON.")
-def evaluate(data, models, baselines, split, seq_len, json_out) -> None:
+@click.option("--style-classifier", type=click.Path(), default=None,
+              help="Also give the inception-style score of each model's generations (and of real passages).")
+@click.option("--samples", type=int, default=64, show_default=True, help="Generated passages for --style-classifier.")
+def evaluate(data, models, baselines, split, seq_len, json_out, style_classifier, samples) -> None:
     """Held-out NLL in nats/token and bits/note, side by side."""
     import json
     from dataclasses import asdict
@@ -141,8 +144,20 @@ def evaluate(data, models, baselines, split, seq_len, json_out) -> None:
     for r in rows:
         t.add_row(r.name, f"{r.params:,}", f"{r.nats_per_token:.4f}", f"{r.bits_per_note:.3f}", f"{r.seconds:.0f}")
     Console().print(t)
+    result = {"nll": [asdict(r) for r in rows]}
+    if style_classifier:
+        from musebridge.engine.critic import style_scores
+
+        result["style_score"] = {}
+        for name, folder in named.items():
+            if name == "lstm":
+                continue
+            sc = style_scores(style_classifier, folder, data, split, samples)
+            result["style_score"][name] = sc
+            click.echo(f"inception-style score ({sc['classes']} styles, {samples} passages): {name} {sc['generated']:.2f}, "
+                       f"real passages {sc['real']:.2f}")
     if json_out:
-        Path(json_out).write_text(json.dumps([asdict(r) for r in rows], indent=1))
+        Path(json_out).write_text(json.dumps(result, indent=1))
 
 
 @click.command()

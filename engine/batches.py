@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from musebridge.errors import DataError
+
 from .augment import random_transpose, scale_velocity
 from .dataset import TokenShards
 from .features import UNKNOWN, add_structure, features
@@ -24,7 +26,7 @@ class WindowSampler:
         self.length = length
         self.tokens = np.asarray(shards.tokens(split))
         if len(self.tokens) < 2:
-            raise ValueError(f"split {split!r} is empty")
+            raise DataError(f"split {split!r} of {shards.folder} holds no tokens; build more pieces into it")
         self.feats = features(self.tokens, self.vocab).astype(np.uint8)
         pieces = shards.split_pieces(split)
         self.offsets = np.array([p["offset"] for p in pieces], np.int64)

@@ -84,8 +84,9 @@ def fit_classifier(windows: list[np.ndarray], labels: list[int], classes: list[s
 
 
 @torch.inference_mode()
-def predict(model: SequenceClassifier, windows: list[np.ndarray], vocab: Vocabulary, length: int = 512) -> np.ndarray:
-    """Class probabilities [N, C]."""
+def predict(model: SequenceClassifier, windows: list[np.ndarray], vocab: Vocabulary, length: int | None = None) -> np.ndarray:
+    """Class probabilities [N, C] (windows cropped to the classifier's context)."""
+    length = min(length or model.cfg.context, model.cfg.context)
     toks, feats = prepare(windows, vocab, length)
     out = [F.softmax(model(toks[i : i + 32], feats[i : i + 32], vocab.pad), -1) for i in range(0, len(toks), 32)]
     return torch.cat(out).numpy()
@@ -218,6 +219,28 @@ def train_style(data: str | Path, out: str | Path, steps: int = 600, length: int
     return info
 
 
-def rank_by_critic(critic: SequenceClassifier, vocab: Vocabulary, windows: list[np.ndarray], length: int = 512) -> np.ndarray:
-    """P(real) per window: higher is better."""
+def rank_by_critic(critic: SequenceClassifier, vocab: Vocabulary, windows: list[np.ndarray], length: int | None = None) -> np.ndarray:
+    """P(real) per window (its last `length` tokens): higher is better."""
+    length = min(length or critic.cfg.context, critic.cfg.context)
     return predict(critic, [np.asarray(w)[-length:] for w in windows], vocab, length)[:, critic.classes.index("real")]
+
+
+def style_scores(classifier_dir: str | Path, model_dir: str | Path | None, data: str | Path, split: str = "val",
+                 samples: int = 64, length: int | None = None, prompt_len: int = 64, seed: int = 0) -> dict:
+    """Clara's inception-style score of the model's generations, next to real passages'."""
+    from .checkpoint import load_model
+    from .dataset import TokenShards
+    from .torch_runtime import TorchRuntime
+
+    clf, cvocab, _ = load_classifier(classifier_dir)
+    shards = TokenShards(data)
+    model, vocab, _ = load_model(model_dir)
+    if not (cvocab == vocab == shards.vocab):
+        raise MuseBridgeError("the classifier, the model and the data use different vocabularies")
+    length = length or clf.cfg.context
+    prompt_len = min(prompt_len, length // 2)
+    rng = np.random.default_rng(seed)
+    real, _ = real_windows(shards, split, samples, length, rng)
+    gen = generated_windows(TorchRuntime(model, vocab), shards, split, samples, length, prompt_len, rng)
+    return {"generated": inception_score(predict(clf, gen, vocab, length)),
+            "real": inception_score(predict(clf, real, vocab, length)), "samples": samples, "classes": len(clf.classes)}

@@ -21,12 +21,12 @@ from musebridge.engine.train import TrainConfig, train  # noqa: E402
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    src = root / "src"
-    src.mkdir()
-    for i in range(40):
-        write_test_midi(src / f"p{i:02d}.mid")
+    for style in ("ballad", "march"):
+        (root / style).mkdir()
+        for i in range(40):  # 80 pieces: 3 land in val (splits hash the piece names)
+            write_test_midi(root / style / f"p{i:02d}.mid")
     out = root / "data"
-    build([str(src)], out, workers=1)
+    build([str(root / "ballad"), str(root / "march")], out, workers=1)
     return out
 
 
@@ -115,3 +115,23 @@ def test_critic_and_style_classifier(tmp_path):
     assert info["classes"] == ["high", "low"]
     assert inception_score(np.eye(2)[[0, 1, 0, 1]]) == pytest.approx(2.0)
     assert inception_score(np.full((4, 2), 0.5)) == pytest.approx(1.0)
+
+
+def test_eval_command_with_baselines_and_style_score(data, tmp_path):
+    import subprocess
+    import sys
+
+    from musebridge.engine.critic import train_style
+
+    train(data, tmp_path / "tf", _cfg(steps=2))
+    base = tmp_path / "base"
+    train(data, base / "lstm", _cfg(steps=2, arch="lstm"))
+    NGramModel(len(TokenShards(data).vocab)).fit(np.asarray(TokenShards(data).tokens("train"))).save(base / "ngram.npz")
+    train_style(data, tmp_path / "style", steps=5, length=128, min_pieces=1, per_class=4)
+    r = subprocess.run([sys.executable, "-m", "musebridge", "eval", "--data", str(data), "--model", str(tmp_path / "tf" / "model"),
+                        "--baselines", str(base), "--split", "val", "--seq-len", "128", "--json", str(tmp_path / "e.json"),
+                        "--style-classifier", str(tmp_path / "style"), "--samples", "4"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert [row["name"] for row in res["nll"]] == ["tf", "lstm", "4-gram"]
+    assert res["style_score"]["tf"]["generated"] >= 1.0
