@@ -23,13 +23,20 @@ class ModelFileError(MuseBridgeError):
     """A model folder that cannot be loaded."""
 
 
-def save_model(folder: str | Path, model, vocab: Vocabulary, info: dict | None = None) -> None:
-    """Write weights (safetensors), config and vocabulary into `folder`."""
+def save_model(folder: str | Path, model, vocab: Vocabulary, info: dict | None = None, half: bool = False) -> None:
+    """Write weights (safetensors), config and vocabulary into `folder`.
+
+    `half` stores fp16 weights (half the size: how the shipped model fits in the repo);
+    loading always computes in fp32.
+    """
+    import torch
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "head.weight"}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     save_file(state, str(folder / "model.safetensors"), metadata={"format": MODEL_FORMAT})
     mcfg = model.cfg.to_dict() if hasattr(model.cfg, "to_dict") else dict(model.cfg)
     cfg = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "model": mcfg, "info": info or {}}
@@ -98,6 +105,7 @@ def load_model(folder: str | Path | None = None, device: str = "cpu"):
         raise ModelFileError(f"{weights} is missing; re-copy or retrain the model") from None
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise ModelFileError(f"{weights} is corrupt ({str(e).splitlines()[0][:120]}); re-copy or retrain the model") from None
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     state["head.weight"] = state.get("tok.weight", torch.empty(0))
     try:
         model.load_state_dict(state, strict=True)

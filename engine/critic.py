@@ -99,12 +99,14 @@ def inception_score(probs: np.ndarray) -> float:
     return float(np.exp((p * (np.log(p) - np.log(marginal))).sum(1).mean()))
 
 
-def save_classifier(folder: str | Path, model: SequenceClassifier, vocab: Vocabulary, info: dict) -> None:
+def save_classifier(folder: str | Path, model: SequenceClassifier, vocab: Vocabulary, info: dict, half: bool = False) -> None:
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "trunk.head.weight"}
+    if half:  # fp16 on disk (the shipped critic), fp32 in memory
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     save_file(state, str(folder / "classifier.safetensors"))
     cfg = {"format": CLASSIFIER_FORMAT, "classes": model.classes, "model": model.cfg.to_dict(), "info": info}
     (folder / "classifier.json").write_text(json.dumps(cfg, indent=1))
@@ -121,7 +123,7 @@ def load_classifier(folder: str | Path) -> tuple[SequenceClassifier, Vocabulary,
             raise ValueError("not a classifier")
         vocab = Vocabulary.load(folder / "vocab.json")
         model = SequenceClassifier(ModelConfig(**cfg["model"]), cfg["classes"])
-        state = load_file(str(folder / "classifier.safetensors"))
+        state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(folder / "classifier.safetensors")).items()}
         state["trunk.head.weight"] = state["trunk.tok.weight"]
         model.load_state_dict(state)
     except Exception as e:  # any damage: one clear line
