@@ -14,7 +14,7 @@ import click
 from . import __version__
 from .errors import MuseBridgeError
 from .data_cmd import data
-from .model_cmd import evaluate, generate, train
+from .model_cmd import evaluate, generate, pack, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
@@ -32,6 +32,7 @@ cli.add_command(data)
 cli.add_command(train)
 cli.add_command(generate)
 cli.add_command(evaluate)
+cli.add_command(pack)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -240,3 +240,29 @@ def generate(prompt, bars, style, strengths, temperature, top_k, top_p, key, den
         fams = ", ".join(clip.families) or "nothing"
         ranked = "" if score is None else f", critic {score:.2f}"
         click.echo(f"{path}: {len(clip.notes)} notes over {clip.end:.1f} beats ({fams}), seed {res.seed}{ranked}")
+
+
+@click.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(), help="A trained model folder (RUN/model).")
+@click.option("--critic", type=click.Path(), default=None, help="A critic folder to ship beside it (for ranking).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Where to write the packed model.")
+@click.option("--card", type=click.Path(dir_okay=False), default=None, help="JSON facts to store in the model's info.")
+def pack(model_dir, critic, out, card) -> None:
+    """Pack a model for shipping: fp16 safetensors + config + vocabulary (+ critic)."""
+    import json
+
+    from musebridge.engine.checkpoint import load_model, save_model
+
+    model, vocab, info = load_model(model_dir)
+    if card:
+        info = {**info, **json.loads(Path(card).read_text())}
+    save_model(out, model, vocab, info, half=True)
+    if critic:
+        from musebridge.engine.critic import load_classifier, save_classifier
+
+        crit, cvocab, cinfo = load_classifier(critic)
+        if cvocab != vocab:
+            raise MuseBridgeError(f"critic {critic} uses another vocabulary than {model_dir}")
+        save_classifier(Path(out) / "critic", crit, cvocab, cinfo, half=True)
+    size = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file())
+    click.echo(f"packed {model_dir} into {out}: {size / 1e6:.1f} MB")
