@@ -67,6 +67,11 @@ def train(data, model, arch, generator, samples, out, steps, batch_size, seq_len
     cfg = TrainConfig(model=model, arch=arch, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, min_lr=lr / 10, warmup=warmup,
                       eval_every=eval_every, save_every=save_every, max_minutes=max_minutes, mixup=mixup,
                       augment=not no_augment, seed=seed)
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 talks
+        run_train(data, out, cfg)
+        return
     console = Console(stderr=True)
     cols = (TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), TimeRemainingColumn())
