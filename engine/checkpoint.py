@@ -29,7 +29,6 @@ def save_model(folder: str | Path, model, vocab: Vocabulary, info: dict | None =
     `half` stores fp16 weights (half the size: how the shipped model fits in the repo);
     loading always computes in fp32.
     """
-    import torch
     from safetensors.torch import save_file
 
     folder = Path(folder)

@@ -19,7 +19,7 @@ import numpy as np
 
 from musebridge.errors import MuseBridgeError
 
-from .vocab import INSTRUMENT, NOTE, SPECIAL, STYLE, TEMPO, TIMESIG, WAIT, Vocabulary
+from .vocab import INSTRUMENT, NOTE, SPECIAL, STYLE, TEMPO, TIMESIG, Vocabulary
 
 STRENGTH_SCALE = 3.0
 NEG = -1e9  # a logit nothing can be sampled from (finite, so softmax never sees nan)

@@ -20,7 +20,7 @@ import numpy as np
 
 from .events import Event, NoteOff, NoteOn, Pedal, Piece, Tempo, TempoMap, TimeSignature, iter_notes
 from .families import fold_into_range
-from .vocab import END, INSTRUMENT, NOTE, PEDAL, SPECIAL, START, STYLE, TEMPO, TIMESIG, WAIT, Vocabulary
+from .vocab import END, INSTRUMENT, NOTE, PEDAL, SPECIAL, STYLE, TEMPO, TIMESIG, WAIT, Vocabulary
 
 SECONDS_MODE_BPM = 125.0  # 480 PPQ at 125 BPM: one MIDI tick per millisecond
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -187,7 +187,7 @@ class Vocabulary:
 
     def bin_velocity(self, b: int) -> int:
         """The velocity a bin decodes to: the middle of the bin."""
-        e = velocity_bin_edges(self.config.velocity_bins)
+        e = self.velocity_edges
         return int((e[b - 1] + e[b] - 1) // 2)
 
     def has_note_off(self, family_idx: int) -> bool:

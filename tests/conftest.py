@@ -76,7 +76,6 @@ def assert_round_trip(original: Piece, decoded: Piece, vocab: Vocabulary) -> Non
     cfg = vocab.config
     if cfg.time_mode == "beats":
         tol = 1.0 / cfg.ticks_per_beat + 1e-9
-        to_t = lambda x, _m=None: x  # noqa: E731
     else:
         tol = cfg.wait_ms / 1000.0 + 1e-9
         tm_o, tm_d = original.tempo_map(), decoded.tempo_map()
