@@ -31,6 +31,7 @@ class CachedRuntime(ABC):
         self.trackers = [FeatureTracker(vocab) for _ in range(batch)]
         self.history: list[list[int]] = [[] for _ in range(batch)]
         self.feature_history: list[list[np.ndarray]] = [[] for _ in range(batch)]
+        self.slides = 0  # how many times the window slid (marks older than a slide are void)
 
     # --- what backends provide ------------------------------------------------------------
     @abstractmethod
@@ -81,6 +82,22 @@ class CachedRuntime(ABC):
         new.feature_history = [list(self.feature_history[0]) for _ in range(n)]
         return new
 
+    def mark(self) -> tuple:
+        """A point to come back to with `rewind` (the realtime bridge marks as it generates)."""
+        return (self.slides, self.position, [len(h) for h in self.history], [t.copy() for t in self.trackers])
+
+    def rewind(self, mark: tuple) -> bool:
+        """Forget every token after `mark`, in O(1): cache rows past the position are simply
+        overwritten later. False (nothing changed) if the window slid since the mark."""
+        slides, position, lengths, trackers = mark
+        if slides != self.slides or len(lengths) != self.batch:
+            return False
+        self.position = position
+        self.history = [h[:n] for h, n in zip(self.history, lengths)]
+        self.feature_history = [fh[:n] for fh, n in zip(self.feature_history, lengths)]
+        self.trackers = [t.copy() for t in trackers]
+        return True
+
     # --- bookkeeping -------------------------------------------------------------------------
     def _advance(self, tokens: np.ndarray) -> np.ndarray:
         b, n = tokens.shape
@@ -106,6 +123,7 @@ class CachedRuntime(ABC):
         self.feature_history = [fh[-keep:] for fh in self.feature_history]
         self._clear()
         self.position = 0
+        self.slides += 1
         logits = None
         for s in range(0, keep, 512):
             logits = self._run(toks[:, s : s + 512], feats[:, s : s + 512], self.position)
