@@ -1,4 +1,4 @@
-"""`musebridge train` and `musebridge generate`."""
+"""`musebridge train`, `generate`, `eval`, `pack` and `export`."""
 
 from __future__ import annotations
 
@@ -184,8 +184,10 @@ def evaluate(data, models, baselines, split, seq_len, json_out, style_classifier
 @click.option("--critic", type=click.Path(), default=None,
               help="Rank variations with this critic (default: the model folder's critic/, if any).")
 @click.option("--list-styles", is_flag=True, help="Print the model's style labels and exit.")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "torch", "tensorrt"]), default="auto", show_default=True,
+              help="Decoder: auto is onnxruntime when installed, else torch.")
 def generate(prompt, bars, style, strengths, temperature, top_k, top_p, key, density, seed, variations, with_prompt,
-             model_dir, critic, out, list_styles) -> None:
+             model_dir, critic, out, list_styles, backend) -> None:
     """Continue a MIDI prompt with the model and write the result as MIDI."""
     from musebridge.engine.checkpoint import load_vocab, DEFAULT_MODEL
     from musebridge.engine.events import Piece
@@ -209,17 +211,18 @@ def generate(prompt, bars, style, strengths, temperature, top_k, top_p, key, den
     controls = SamplingControls(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, strengths=parsed,
                                 key=key, density=density)
     piece = read_midi(prompt) if prompt else Piece()
-    try:
-        from musebridge.engine.checkpoint import load_model
-        from musebridge.engine.generate import generate as run_generate
-        from musebridge.engine.torch_runtime import TorchRuntime
-    except ImportError:
-        raise MuseBridgeError("generation needs PyTorch for now: pip install torch==2.13.0") from None
-    model, vocab, _ = load_model(folder)
-    results = run_generate(TorchRuntime(model, vocab), piece, bars, controls, style, variations)
+    from musebridge.engine.backends import available_backends, open_runtime
+    from musebridge.engine.generate import generate as run_generate
+
+    if critic and "torch" not in available_backends():
+        raise MuseBridgeError("ranking with --critic needs PyTorch: pip install torch==2.13.0")
+    runtime = open_runtime(folder, backend)
+    vocab = runtime.vocab
+    results = run_generate(runtime, piece, bars, controls, style, variations)
     scores = [None] * len(results)
     critic_dir = Path(critic) if critic else folder / "critic"
-    if variations > 1 and (critic or (critic_dir / "classifier.json").exists()):
+    # the critic is a PyTorch classifier: without torch, the folder's own critic is skipped quietly
+    if variations > 1 and (critic or ((critic_dir / "classifier.json").exists() and "torch" in available_backends())):
         from musebridge.engine.critic import load_classifier, rank_by_critic
         from musebridge.engine.generate import prompt_tokens
 
@@ -240,7 +243,7 @@ def generate(prompt, bars, style, strengths, temperature, top_k, top_p, key, den
                          style=style)
         meta = {"seed": res.seed, "bars": bars, "style": style, "temperature": temperature, "top_k": top_k, "top_p": top_p,
                 "strengths": parsed, "key": key, "density": density, "prompt": str(prompt) if prompt else None,
-                "model": str(folder), "critic_score": None if score is None else round(float(score), 4)}
+                "model": str(folder), "backend": runtime.name, "critic_score": None if score is None else round(float(score), 4)}
         write_midi(clip, path, metadata=meta)
         fams = ", ".join(clip.families) or "nothing"
         ranked = "" if score is None else f", critic {score:.2f}"
@@ -271,3 +274,37 @@ def pack(model_dir, critic, out, card) -> None:
         save_classifier(Path(out) / "critic", crit, cvocab, cinfo, half=True)
     size = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file())
     click.echo(f"packed {model_dir} into {out}: {size / 1e6:.1f} MB")
+
+
+@click.command("export")
+@click.option("--model", "model_dir", type=click.Path(), default=None, help="Model folder (default: the shipped model).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the graphs.")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="fp32: the CPU default; fp16: for GPUs; int8: dynamic int8 weights.")
+@click.option("--check/--no-check", default=True, show_default=True, help="Compare the graphs' logits with PyTorch's.")
+def export(model_dir, out, dtype, check) -> None:
+    """Write ONNX graphs (step and chunk, KV cache updated in place) and check them against PyTorch."""
+    from musebridge.onnx_export.build import export as run_export
+
+    paths = run_export(model_dir, out, dtype)
+    for kind, path in paths.items():
+        click.echo(f"{path}: {kind} graph, {path.stat().st_size / 1e6:.1f} MB")
+    if not check:
+        return
+    from musebridge.engine.backends import available_backends
+
+    if "torch" not in available_backends():
+        click.echo("parity check skipped: PyTorch is not installed (pip install torch==2.13.0)")
+        return
+    from musebridge.onnx_export.parity import parity_check
+
+    with Console(stderr=True).status("checking against PyTorch"):
+        r = parity_check(model_dir, out, dtype)
+    click.echo(f"parity vs PyTorch over {r['positions']} positions ({r['prompt_tokens']}-token prompt): max |Δlogits| "
+               f"prefill {r['prefill']:.2e}, append {r['append']:.2e}, step {r['step']:.2e}; "
+               f"argmax agrees on {r['argmax_agree']:.0%} of steps")
+    if r["target"] is not None and not r["max"] <= r["target"]:
+        raise MuseBridgeError(f"{dtype} graphs in {out} differ from PyTorch by {r['max']:.2e} (target {r['target']:.0e}); "
+                              "do not ship them, and report it")
+    if r["target"] is not None:
+        click.echo(f"max |Δlogits| {r['max']:.2e} is within the {dtype} target of {r['target']:.0e}")

@@ -1,0 +1,200 @@
+"""Model folder -> ONNX file: read the safetensors with numpy, build, cache, quantize.
+
+Graphs are built on first use and kept in the user's cache, keyed by a hash of the
+weights, the config and this builder's version, so a retrained model or a new builder
+never meets a stale graph:
+
+    $XDG_CACHE_HOME/musebridge/onnx/<hash>/{step,chunk}-<dtype>.onnx   (~/.cache when
+    unset; MUSEBRIDGE_CACHE_DIR replaces $XDG_CACHE_HOME/musebridge)
+
+dtypes: `fp32` (fp32 math; fp16 weights stay fp16 on disk behind a Cast that ORT folds
+at load, so the file is as small as the model and the numbers are the same), `fp16`
+(fp16 math and cache: for GPUs) and `int8` (dynamic int8 weights for the matmuls and
+the output head, ORT's quantize_dynamic; fp32 cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from musebridge.errors import MuseBridgeError
+
+from .graph import KINDS, GraphConfig, build_graph
+
+BUILDER_VERSION = 1
+DTYPES = ("fp32", "fp16", "int8")
+
+
+class GraphFileError(MuseBridgeError):
+    """An ONNX graph that cannot be built, written or loaded."""
+
+
+def _model_error(msg: str) -> MuseBridgeError:
+    from musebridge.engine.checkpoint import ModelFileError
+
+    return ModelFileError(msg)
+
+
+def model_folder(folder: str | Path | None) -> Path:
+    from musebridge.engine.checkpoint import DEFAULT_MODEL
+
+    return Path(folder) if folder else DEFAULT_MODEL
+
+
+def read_config(folder: str | Path | None) -> GraphConfig:
+    """The graph sizes of a model folder (one-line errors for a bad folder)."""
+    from musebridge.engine.checkpoint import read_model_config
+
+    folder = model_folder(folder)
+    section = dict(read_model_config(folder).get("model") or {})
+    try:
+        return GraphConfig.from_dict(section)
+    except (KeyError, TypeError, ValueError) as e:
+        raise _model_error(f"{folder}/config.json cannot run on ONNX Runtime ({e})") from None
+
+
+def expected_shapes(cfg: GraphConfig) -> dict[str, tuple[int, ...]]:
+    d, f = cfg.d_model, cfg.mlp_ratio * cfg.d_model
+    shapes = {"tok.weight": (cfg.vocab_size, d), "phase.weight": (cfg.ticks_per_beat, d), "beat.weight": (48, d),
+              "chord.weight": (16, d), "part.weight": (129, d), "countdown.weight": (129, d),
+              "ln_f.weight": (d,), "ln_f.bias": (d,)}
+    for i in range(cfg.n_layer):
+        p = f"blocks.{i}."
+        shapes.update({p + "ln1.weight": (d,), p + "ln1.bias": (d,), p + "ln2.weight": (d,), p + "ln2.bias": (d,),
+                       p + "attn.qkv.weight": (3 * d, d), p + "attn.proj.weight": (d, d),
+                       p + "mlp.fc.weight": (f, d), p + "mlp.proj.weight": (d, f)})
+    return shapes
+
+
+def read_weights(folder: str | Path | None) -> tuple[GraphConfig, dict[str, np.ndarray]]:
+    """(config, weights as numpy) of a model folder, checked against each other. No torch."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    folder = model_folder(folder)
+    cfg = read_config(folder)
+    path = folder / "model.safetensors"
+    try:
+        weights = load_file(str(path))
+    except FileNotFoundError:
+        raise _model_error(f"{path} is missing; re-copy or retrain the model") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as e:
+        msg = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise _model_error(f"{path} is corrupt ({msg}); re-copy or retrain the model") from None
+    for key, shape in expected_shapes(cfg).items():
+        got = weights.get(key)
+        if got is None or tuple(got.shape) != shape or got.dtype not in (np.float16, np.float32):
+            what = "missing" if got is None else f"{got.dtype} {tuple(got.shape)}, expected {shape}"
+            raise _model_error(f"{path} does not match its config ({key}: {what})")
+    return cfg, weights
+
+
+def model_hash(folder: str | Path | None) -> str:
+    """Hash of weights + config + builder version: the cache key of a model's graphs."""
+    folder = model_folder(folder)
+    h = hashlib.sha256(f"musebridge-onnx {BUILDER_VERSION}\n".encode())
+    for name in ("config.json", "model.safetensors"):
+        try:
+            with open(folder / name, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        except OSError as e:
+            raise _model_error(f"{folder / name} is unreadable ({e.strerror or e}); re-copy or retrain the model") from None
+    return h.hexdigest()[:20]
+
+
+def cache_root() -> Path:
+    base = os.environ.get("MUSEBRIDGE_CACHE_DIR")
+    if base:
+        return Path(base) / "onnx"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "musebridge" / "onnx"
+
+
+def _check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise GraphFileError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+
+
+def build_models(folder: str | Path | None, dtype: str = "fp32") -> dict:
+    """{kind: onnx.ModelProto} for a model folder (int8: the fp32 graphs, ready for quantization)."""
+    _check_dtype(dtype)
+    cfg, weights = read_weights(folder)
+    if dtype == "int8":  # the quantizer wants plain fp32 initializers under the matmuls
+        weights = {k: v.astype(np.float32) for k, v in weights.items()}
+    compute = "fp16" if dtype == "fp16" else "fp32"
+    return {kind: build_graph(cfg, weights, kind, compute) for kind in KINDS}
+
+
+def write_graphs(folder: str | Path | None, out_dir: str | Path, dtype: str = "fp32") -> dict[str, Path]:
+    """Build and write `out_dir/{step,chunk}-<dtype>.onnx`, each atomically (no reader sees half a file)."""
+    import onnx
+
+    out_dir = Path(out_dir)
+    paths = {}
+    for kind, model in build_models(folder, dtype).items():
+        path = paths[kind] = out_dir / f"{kind}-{dtype}.onnx"
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=out_dir)
+            os.close(fd)
+            try:
+                if dtype == "int8":
+                    _quantize(model, tmp)
+                else:
+                    onnx.save_model(model, tmp)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        except OSError as e:
+            raise GraphFileError(f"cannot write {path} ({e.strerror or e}); check the folder is writable") from None
+    return paths
+
+
+def _quantize(model, out: str) -> None:
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer chats on the root logger
+    quantize_dynamic(model, out, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                     extra_options={"MatMulConstBOnly": True})
+
+
+def graph_paths(folder: str | Path | None = None, dtype: str = "fp32", rebuild: bool = False) -> dict[str, Path]:
+    """{kind: path} of a model folder's cached graphs, built on first use."""
+    _check_dtype(dtype)
+    out = cache_root() / model_hash(folder)
+    paths = {kind: out / f"{kind}-{dtype}.onnx" for kind in KINDS}
+    if rebuild or not all(p.exists() for p in paths.values()):
+        paths = write_graphs(folder, out, dtype)
+        info = {"builder_version": BUILDER_VERSION, "model": str(model_folder(folder))}
+        (out / "source.json").write_text(json.dumps(info, indent=1) + "\n")
+    return paths
+
+
+def export(folder: str | Path | None, out_dir: str | Path, dtype: str = "fp32") -> dict[str, Path]:
+    """Write `out_dir/{step,chunk}-<dtype>.onnx` and `out_dir/export.json` (what they are, how to feed them)."""
+    folder = model_folder(folder)
+    cfg = read_config(folder)
+    paths = write_graphs(folder, out_dir, dtype)
+    info = {
+        "model": str(folder), "model_hash": model_hash(folder), "dtype": dtype, "builder_version": BUILDER_VERSION,
+        "graphs": {k: p.name for k, p in paths.items()},
+        "graph_kinds": {"step": "n = 1 (one token per row)", "chunk": "any n >= 1 (prompt chunks, appends)"},
+        "inputs": {"tokens": "[B,n] int64", "feats": "[B,n,5] int64 (phase, beat, chord, part, countdown)",
+                   "start": "[] int64, position of tokens[:,0]",
+                   "cache": f"[L,2,B,H,C,D] = {list(cfg.cache_shape(1))} with B=1, {'fp16' if dtype == 'fp16' else 'fp32'}"},
+        "outputs": {"logits": "[B,V] float32 of the last position",
+                    "cache_out": "the cache with the new rows: bind it to the same buffer as cache (in place)"},
+    }
+    (Path(out_dir) / "export.json").write_text(json.dumps(info, indent=1) + "\n")
+    return paths

@@ -1,0 +1,270 @@
+"""ONNX export and the ONNX Runtime backend: parity with PyTorch, an in-place cache that
+never moves, backends interchangeable behind `CachedRuntime`, one-line errors."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from musebridge.engine.backends import BackendError, available_backends, open_runtime  # noqa: E402
+from musebridge.engine.checkpoint import ModelFileError, save_model  # noqa: E402
+from musebridge.engine.events import Note, Piece, TimeSignature  # noqa: E402
+from musebridge.engine.generate import generate  # noqa: E402
+from musebridge.engine.model import ModelConfig, MuseModel  # noqa: E402
+from musebridge.engine.sampling import SamplingControls  # noqa: E402
+from musebridge.engine.vocab import Vocabulary  # noqa: E402
+from musebridge.onnx_export import GraphFileError, export, graph_paths  # noqa: E402
+
+BACKENDS = ["torch", "onnxruntime"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache_dir(tmp_path_factory):
+    """Built graphs go to a temporary cache, never the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("cache")
+        mp.setenv("MUSEBRIDGE_CACHE_DIR", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A random 2-layer model (window 16, context 512) saved as a model folder."""
+    vocab = Vocabulary()
+    torch.manual_seed(0)
+    model = MuseModel(ModelConfig(vocab_size=len(vocab), n_layer=2, n_head=4, d_model=64, window=16, context=512))
+    with torch.no_grad():  # lean towards notes, and logits of a size where 1e-4 means something
+        model.tok.weight.mul_(5.0)
+        model.tok.weight[vocab.note_token_mask(offs=False)] += 0.5
+    folder = tmp_path_factory.mktemp("tiny")
+    save_model(folder, model, vocab)
+    return folder
+
+
+def _tokens(vocab: Vocabulary, n: int, seed: int = 0) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return [vocab.wait(1)] + [int(t) for t in rng.integers(0, len(vocab), n - 1)]
+
+
+def _prompt() -> Piece:
+    return Piece(notes=[Note(i * 0.5, 0.5, 60 + (i % 5), 90, "piano") for i in range(8)] + [Note(0, 2, 40, 90, "bass")],
+                 time_signatures=[TimeSignature(0, 4, 4)])
+
+
+def test_auto_prefers_onnxruntime():
+    assert available_backends()[:2] == ["onnxruntime", "torch"]
+    assert open_runtime(backend="auto").name == "onnxruntime"
+
+
+def test_logits_match_torch_through_prefill_appends_steps_and_a_slide(tiny):
+    ref, rt = open_runtime(tiny, "torch"), open_runtime(tiny, "onnxruntime")
+    toks = _tokens(rt.vocab, 700)
+    worst = np.abs(ref.prefill(toks[:100]) - rt.prefill(toks[:100])).max()
+    at = 100
+    for n in (1, 7, 40, 3, 150, 16, 17, 90):  # past position 16·k for every k: the strided heads read many rows
+        worst = max(worst, np.abs(ref.append(toks[at : at + n]) - rt.append(toks[at : at + n])).max())
+        at += n
+    for t in toks[at : at + 30]:
+        worst = max(worst, np.abs(ref.step(t) - rt.step(t)).max())
+    assert rt.position == ref.position == 454
+    for t in toks[at + 30 : at + 90]:  # the context (512) fills: both slide and re-prefill
+        worst = max(worst, np.abs(ref.step(t) - rt.step(t)).max())
+    assert rt.slides == ref.slides == 1 and rt.position == ref.position
+    assert worst <= 1e-4, worst
+
+
+def test_shipped_model_matches_torch():
+    ref, rt = open_runtime(None, "torch"), open_runtime(None, "onnxruntime")
+    toks = _tokens(rt.vocab, 300, seed=1)
+    worst = np.abs(ref.prefill(toks[:290]) - rt.prefill(toks[:290])).max()  # past 2 windows of 128
+    for t in toks[290:]:
+        worst = max(worst, np.abs(ref.step(t) - rt.step(t)).max())
+    assert worst <= 1e-4, worst
+
+
+@pytest.mark.parametrize("variations", [1, 3])
+def test_generate_samples_the_same_tokens_on_both_backends(tiny, variations):
+    # (logits differ by ~1e-6, so over thousands of samples one may land on the other side of a
+    # sampling boundary: the test keeps to a few hundred tokens per row)
+    outs = {}
+    for backend in BACKENDS:
+        rt = open_runtime(tiny, backend)
+        res = generate(rt, _prompt(), bars=2, controls=SamplingControls(seed=11, temperature=1.2), variations=variations)
+        outs[backend] = [r.tokens for r in res]
+    assert outs["torch"] == outs["onnxruntime"]
+    assert sum(len(t) for t in outs["torch"]) > 40 * variations
+
+
+def test_the_cache_is_one_buffer_written_in_place(tiny):
+    rt = open_runtime(tiny, "onnxruntime")
+    ptr, shape = rt.cache_value.data_ptr(), rt.cache_value.shape()
+    assert ptr == rt.cache_host.ctypes.data and shape == [2, 2, 1, 4, 512, 16]
+    logits_ptr = rt._values[3].data_ptr()
+    rt.prefill(_tokens(rt.vocab, 50))
+    for i, t in enumerate(_tokens(rt.vocab, 40, seed=2)):
+        before = rt.position
+        rt.step(t) if i % 5 else rt.append([t, t])  # steps and appends share the buffer
+        assert rt.cache_value.data_ptr() == ptr and rt.cache_value.shape() == shape
+        assert rt._values[3].data_ptr() == logits_ptr
+        assert np.abs(rt.cache_host[:, :, 0, :, before]).sum() > 0  # the new row landed in our buffer
+    assert not rt.cache_host[:, :, 0, :, rt.position :].any()  # nothing written past the position
+
+
+def test_step_graph_reads_the_cache_by_gather_and_writes_it_once(tiny):
+    import onnx
+
+    for path in graph_paths(tiny).values():
+        g = onnx.load(str(path)).graph
+        readers = [n for n in g.node if "cache" in n.input]
+        assert sorted(n.op_type for n in readers) == ["Reshape", "ScatterND"]
+        scatter = next(n for n in readers if n.op_type == "ScatterND")
+        assert scatter.input[0] == "cache" and scatter.output[0] == "cache_out"
+        assert sum(n.op_type == "ScatterND" for n in g.node) == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backends_are_interchangeable(tiny, backend):
+    rt = open_runtime(tiny, backend)
+    toks = _tokens(rt.vocab, 120, seed=3)
+    first = rt.prefill(toks[:60])
+    assert first.shape == (1, len(rt.vocab)) and first.dtype == np.float32
+    mark = rt.mark()
+    a = rt.append(toks[60:90])
+    assert rt.rewind(mark) and rt.position == 60
+    assert np.allclose(rt.append(toks[60:90]), a, atol=1e-6)  # rewind, replay: the same logits
+    many = rt.fork(3)
+    assert many.batch == 3 and many.position == rt.position and many.name == rt.name
+    b = many.step([toks[90], toks[91], toks[90]])
+    one = rt.step(toks[90])
+    assert np.allclose(b[0], one[0], atol=1e-5) and np.allclose(b[2], one[0], atol=1e-5)
+    assert not np.allclose(b[1], one[0], atol=1e-3)
+    c = many.append(toks[92:95])  # forked rows go on independently
+    assert c.shape == (3, len(rt.vocab)) and np.allclose(c[0], c[2], atol=1e-5)
+    rt.reset()
+    assert rt.position == 0 and np.allclose(rt.prefill(toks[:60]), first, atol=1e-6)
+
+
+def test_fork_matches_between_backends(tiny):
+    outs = []
+    for backend in BACKENDS:
+        rt = open_runtime(tiny, backend)
+        rt.prefill(_tokens(rt.vocab, 200, seed=4))
+        many = rt.fork(2)
+        outs.append([many.step([5, 9]) for _ in range(3)] + [many.append([7, 8])])
+    for a, b in zip(*outs):
+        assert np.abs(a - b).max() <= 1e-4
+
+
+def test_fp16_and_int8_graphs(tiny, tmp_path):
+    from musebridge.engine.checkpoint import load_model
+
+    half = tmp_path / "half"  # fp16 weights on disk, as shipped: the fp16 graph's error is its math alone
+    save_model(half, *load_model(tiny)[:2], half=True)
+    ref = open_runtime(half, "torch")
+    toks = _tokens(ref.vocab, 200, seed=5)
+    want = [ref.prefill(toks[:150])] + [ref.step(t) for t in toks[150:160]]
+    for dtype, bound in (("fp16", 1e-2), ("int8", None)):
+        rt = open_runtime(half, "onnxruntime", dtype=dtype)
+        assert rt.cache_host.dtype == (np.float16 if dtype == "fp16" else np.float32)
+        got = [rt.prefill(toks[:150])] + [rt.step(t) for t in toks[150:160]]
+        worst = max(np.abs(a - b).max() for a, b in zip(want, got))
+        if bound:
+            assert worst <= bound, (dtype, worst)
+        else:  # int8 weights: close, not equal
+            assert all(np.isfinite(g).all() for g in got) and worst < 0.1 * np.abs(want[0]).max()
+
+
+def test_export_writes_graphs_that_open(tiny, tmp_path):
+    paths = export(tiny, tmp_path / "onnx", "fp32")
+    assert sorted(p.name for p in paths.values()) == ["chunk-fp32.onnx", "step-fp32.onnx"]
+    assert (tmp_path / "onnx" / "export.json").is_file()
+    rt = open_runtime(tiny, "onnxruntime", onnx_dir=tmp_path / "onnx")
+    ref = open_runtime(tiny, "torch")
+    toks = _tokens(rt.vocab, 40)
+    assert np.abs(rt.prefill(toks) - ref.prefill(toks)).max() <= 1e-4
+
+
+def test_export_command_checks_parity(tiny, tmp_path, capsys):
+    from musebridge.main import main
+
+    assert main(["export", "--model", str(tiny), "--out", str(tmp_path / "x")]) == 0
+    out = capsys.readouterr().out
+    assert "max |Δlogits|" in out and "within the fp32 target" in out
+    assert (tmp_path / "x" / "step-fp32.onnx").is_file()
+
+
+def _one_line_error(excinfo) -> str:
+    msg = str(excinfo.value)
+    assert "\n" not in msg and "Traceback" not in msg
+    return msg
+
+
+def test_a_corrupt_graph_is_a_one_line_error(tiny, tmp_path):
+    export(tiny, tmp_path, "fp32")
+    (tmp_path / "step-fp32.onnx").write_bytes(b"\x08\x07garbage" * 100)
+    with pytest.raises(GraphFileError) as e:
+        open_runtime(tiny, "onnxruntime", onnx_dir=tmp_path)
+    assert "step-fp32.onnx" in _one_line_error(e)
+    with pytest.raises(GraphFileError) as e:
+        open_runtime(tiny, "onnxruntime", onnx_dir=tmp_path / "nothing", dtype="fp16")
+    assert "musebridge export" in _one_line_error(e)
+
+
+def test_a_corrupt_cache_entry_is_rebuilt(tiny):
+    paths = graph_paths(tiny)
+    paths["chunk"].write_bytes(b"not a graph")
+    rt = open_runtime(tiny, "onnxruntime")
+    assert rt.prefill([1, 2, 3]).shape == (1, len(rt.vocab))
+
+
+def test_a_corrupt_model_file_is_a_one_line_error(tiny, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny, bad)
+    (bad / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
+    for backend in BACKENDS:
+        with pytest.raises(ModelFileError) as e:
+            open_runtime(bad, backend)
+        assert "model.safetensors" in _one_line_error(e)
+    r = subprocess.run([sys.executable, "-m", "musebridge", "generate", "--model", str(bad), "--out", str(tmp_path / "o.mid"),
+                        "--backend", "onnxruntime"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "model.safetensors" in r.stderr
+
+
+def test_unknown_and_missing_backends_say_what_to_install():
+    with pytest.raises(BackendError, match="unknown backend"):
+        open_runtime(backend="cuda-magic")
+    if "tensorrt" not in available_backends():
+        with pytest.raises(BackendError) as e:
+            open_runtime(backend="tensorrt")
+        assert "pip install onnxruntime-gpu" in _one_line_error(e)
+
+
+def test_the_onnxruntime_path_never_imports_torch(tiny, cache_dir):
+    code = ("import sys; from musebridge.engine.backends import open_runtime; "
+            f"rt = open_runtime({str(tiny)!r}, 'onnxruntime'); rt.prefill([1, 2, 3]); rt.step(4); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "MUSEBRIDGE_CACHE_DIR": str(cache_dir)})
+    assert r.returncode == 0, r.stderr
+
+
+def test_generate_command_takes_a_backend(tiny, tmp_path, capsys):
+    from musebridge.engine.midi_file import read_metadata
+    from musebridge.main import main
+
+    lines = {}
+    for backend in BACKENDS:
+        out = tmp_path / f"{backend}.mid"
+        args = ["generate", "--model", str(tiny), "--bars", "1", "--seed", "3", "--backend", backend, "--out", str(out)]
+        assert main(args) == 0
+        assert read_metadata(out)["backend"] == backend
+        lines[backend] = capsys.readouterr().out.split(":", 1)[1]
+    assert lines["torch"] == lines["onnxruntime"]  # same notes, same seed
