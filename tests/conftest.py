@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import mido
@@ -9,6 +11,12 @@ import pytest
 
 from musebridge.engine.events import Note, Piece
 from musebridge.engine.vocab import Vocabulary
+
+from jack_fixtures import jack_server  # noqa: F401  (a fixture: real MIDI ports on a private JACK server)
+
+# ONNX graphs built on first use go to a cache folder: never the user's during tests
+os.environ.setdefault("MUSEBRIDGE_CACHE_DIR", tempfile.mkdtemp(prefix="musebridge-test-cache-"))
+os.environ.setdefault("XDG_CONFIG_HOME", tempfile.mkdtemp(prefix="musebridge-test-config-"))  # MIDI-learn maps
 
 try:  # test models are tiny: one thread each avoids OpenMP threads fighting across xdist workers
     import torch

@@ -1,0 +1,286 @@
+"""MIDI ports on a real (private, headless) JACK server: virtual and by-name ports, many
+notes, clock passing through, one-line errors, `musebridge ports`, a peer that vanishes
+and returns, and a peer nobody here wrote (jack_midi_dump)."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import rtmidi
+from click.testing import CliRunner
+
+from musebridge.bridge import ports as ports_mod
+from musebridge.bridge.ports import MidiInput, MidiOutput, find_port, list_ports, resolve_api
+from musebridge.errors import MuseBridgeError
+from musebridge.main import cli, main
+
+
+def wait_for(cond, timeout: float = 3.0, step: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
+
+
+def drain(inp: MidiInput, n: int, timeout: float = 5.0) -> list[tuple[bytes, float]]:
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        m = inp.receive(timeout=0.1)
+        if m is not None:
+            got.append(m)
+    time.sleep(0.05)
+    got += list(inp.iter_pending())  # anything extra (duplicates) shows up too
+    return got
+
+
+# --- choosing the API (no server needed) -----------------------------------------------------------
+
+
+def test_unknown_api_names_the_choices(monkeypatch):
+    with pytest.raises(MuseBridgeError, match=r"MIDI API 'midi2' is unknown: use one of auto, alsa, jack, coremidi, windows"):
+        resolve_api("midi2")
+    monkeypatch.setenv("MUSEBRIDGE_MIDI_API", "bogus")
+    with pytest.raises(MuseBridgeError, match=r"MUSEBRIDGE_MIDI_API='bogus' is not a MIDI API"):
+        resolve_api("auto")
+    monkeypatch.setenv("MUSEBRIDGE_MIDI_API", "JACK")
+    assert resolve_api("auto") == rtmidi.API_UNIX_JACK
+    assert resolve_api("alsa") == rtmidi.API_LINUX_ALSA  # explicit wins over the variable
+
+
+def test_auto_prefers_alsa_when_the_sequencer_exists(monkeypatch, tmp_path):
+    monkeypatch.delenv("MUSEBRIDGE_MIDI_API", raising=False)
+    monkeypatch.setattr(ports_mod.sys, "platform", "linux")
+    seq = tmp_path / "seq"
+    seq.touch()
+    monkeypatch.setattr(ports_mod, "ALSA_SEQ", str(seq))
+    monkeypatch.setattr(ports_mod, "jack_running", lambda: True)
+    assert resolve_api("auto") == rtmidi.API_LINUX_ALSA
+    seq.unlink()
+    assert resolve_api("auto") == rtmidi.API_UNIX_JACK
+    monkeypatch.setattr(ports_mod, "jack_running", lambda: False)
+    assert resolve_api("auto") == rtmidi.API_LINUX_ALSA  # nothing answers: ALSA, whose error says what to do
+
+
+def test_windows_has_no_virtual_ports_and_says_to_use_loopmidi(monkeypatch):
+    monkeypatch.setattr(ports_mod, "resolve_api", lambda api: rtmidi.API_WINDOWS_MM)
+    with pytest.raises(MuseBridgeError, match="virtual MIDI ports do not exist on Windows: install loopMIDI"):
+        MidiOutput()
+
+
+def test_find_port_exact_then_unique_substring():
+    names = ["fs:midi_00", "Keystation 49:port", "Keystation 61:port"]
+    assert find_port(names, "fs:midi_00", "output") == 0
+    assert find_port(names, "FS:MIDI", "output") == 0
+    assert find_port(names, "keystation 61", "input") == 2
+    with pytest.raises(MuseBridgeError, match="ambiguous: it matches Keystation 49:port, Keystation 61:port"):
+        find_port(names, "keystation", "input")
+
+
+def test_no_jack_server_is_a_one_line_error(monkeypatch):
+    monkeypatch.setenv("JACK_DEFAULT_SERVER", "mb_no_such_server")
+    monkeypatch.setenv("JACK_NO_START_SERVER", "1")
+    with pytest.raises(MuseBridgeError) as e:
+        MidiOutput(api="jack")
+    assert str(e.value).startswith("no JACK server 'mb_no_such_server' is running: start one")
+    assert "\n" not in str(e.value)
+
+
+def test_ports_without_alsa_sequencer_print_one_error_line(capsys):
+    if not ports_mod.sys.platform.startswith("linux") or ports_mod.os.path.exists(ports_mod.ALSA_SEQ):
+        pytest.skip("needs a Linux machine without the ALSA sequencer")
+    assert main(["ports", "--api", "alsa"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot open the ALSA sequencer") and "\n" not in err
+
+
+# --- real ports -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def loopback(jack_server):
+    """Our virtual output, and an input connected to it by name -- opened once per module:
+    JACK clients are slow to come and go on a loaded machine, so tests share them."""
+    with MidiOutput() as out, MidiInput("musebridge out") as inp:  # auto -> JACK; case-insensitive substring
+        yield out, inp
+
+
+@pytest.fixture
+def loop(loopback):
+    out, inp = loopback
+    list(inp.iter_pending())
+    inp.callback = None
+    yield out, inp
+    inp.callback = None
+
+
+def test_virtual_output_reaches_an_input_connected_by_name(loop):
+    out, inp = loop
+    assert out.virtual and out.name == "MuseBridge Out" and out.connected()
+    assert not inp.virtual and inp.name == "MuseBridge:MuseBridge Out" and inp.connected()
+    t_send = time.perf_counter()
+    out.send(bytes([0x93, 60, 100]))
+    out.send([0x83, 60, 0])
+    got = drain(inp, 2)
+    assert [m for m, _ in got] == [b"\x93\x3c\x64", b"\x83\x3c\x00"]
+    assert t_send <= got[0][1] <= got[1][1] <= time.perf_counter()
+    assert got[0][1] - t_send < 0.1
+
+
+def test_two_thousand_notes_arrive_complete_and_in_order(loop):
+    out, inp = loop
+    sent, n0 = [], out.sent
+    for k in range(2000):
+        msg = bytes([0x90 | (k % 16), k % 128, 1 + (k // 128) % 127])
+        out.send(msg)
+        sent.append(msg)
+        time.sleep(0.0003)  # small spacing: a fast run, not one burst into rtmidi's ring buffer
+    got = drain(inp, 2000, timeout=10)
+    assert len(got) == 2000 and [m for m, _ in got] == sent
+    times = [t for _, t in got]
+    assert times == sorted(times)
+    assert inp.dropped.total == 0 and out.sent - n0 == 2000
+
+
+def test_clock_and_transport_come_through_sysex_and_active_sensing_do_not(loop):
+    out, inp = loop
+    for msg in ([0xF2, 0x10, 0x00], [0xFA], [0xF8], [0xFE], [0xF0, 0x7E, 0x7F, 0x06, 0x01, 0xF7], [0xFB],
+                [0xFC], [0x90, 64, 1]):
+        out.send(msg)
+    got = [m for m, _ in drain(inp, 6)]
+    assert got == [b"\xf2\x10\x00", b"\xfa", b"\xf8", b"\xfb", b"\xfc", b"\x90\x40\x01"]
+
+
+def test_callback_input_and_echo_of_our_own_notes(loop):
+    out, inp = loop
+    seen: list[bytes] = []
+    inp.callback = lambda m, t: seen.append(m)
+    out.send(b"\x90\x3c\x64")
+    assert wait_for(lambda: len(seen) == 1, 2)
+    assert out.echo_of(seen[0])  # our note, back through the loopback
+    assert not out.echo_of(b"\x90\x3e\x64")  # a note we never sent is the player's
+
+    def boom(m: bytes, t: float) -> None:
+        raise RuntimeError("bad listener")
+
+    errors = inp.callback_errors
+    inp.callback = boom
+    out.send(b"\x80\x3c\x00")
+    assert wait_for(lambda: inp.callback_errors == errors + 1, 2)  # counted, never raised into the driver
+    assert inp.last_error == "RuntimeError: bad listener"
+
+
+def test_unknown_port_names_are_one_line_errors_listing_what_exists(loop):
+    with pytest.raises(MuseBridgeError) as e:
+        MidiInput("Nope")
+    msg = str(e.value)
+    assert msg.startswith("no MIDI input port 'Nope'; available: ") and "MuseBridge:MuseBridge Out" in msg
+    assert msg.endswith("(run `musebridge ports`)") and "\n" not in msg
+    with pytest.raises(MuseBridgeError, match=r"^no MIDI output port 'Nope'; available: "):
+        MidiOutput("Nope")
+
+
+def test_ports_command_lists_the_virtual_ports(loop):
+    with MidiInput():
+        inputs, outputs = list_ports()
+        assert "MuseBridge:MuseBridge Out" in inputs
+        assert any(n.endswith(":MuseBridge In") for n in outputs)
+        r = CliRunner().invoke(cli, ["ports"])
+        assert r.exit_code == 0, r.output
+        lines = r.output.splitlines()
+        assert lines[0] == "MIDI API: jack"
+        i_in, i_out = lines.index("inputs (use with --in):"), lines.index("outputs (use with --out):")
+        assert "  MuseBridge:MuseBridge Out" in lines[i_in:i_out]
+        assert any(line.endswith(":MuseBridge In") for line in lines[i_out:])
+        r = CliRunner().invoke(cli, ["ports", "--api", "midi2"])
+        assert r.exit_code == 2 and "Invalid value for '--api'" in r.output
+
+
+def test_output_reconnects_when_its_peer_vanishes_and_returns(jack_server):
+    peer = MidiInput("peer in", virtual=True, client_name="Peer")
+    with MidiOutput("Peer:peer in") as out:
+        assert out.name == "Peer:peer in" and out.connected()
+        out.send(b"\x90\x30\x40")
+        assert [m for m, _ in drain(peer, 1)] == [b"\x90\x30\x40"]
+        peer.close()
+        assert wait_for(lambda: not out.connected())
+        assert not out.reconnect()  # not back yet
+        peer = MidiInput("peer in", virtual=True, client_name="Peer")
+        try:
+            assert not out.connected()  # it came back, but we are not connected to the new one
+            assert wait_for(out.reconnect)
+            assert out.connected() and out.name == "Peer:peer in"
+            time.sleep(0.02)
+            out.send(b"\x90\x31\x40")
+            assert [m for m, _ in drain(peer, 1)] == [b"\x90\x31\x40"]
+        finally:
+            peer.close()
+    with pytest.raises(MuseBridgeError, match="is closed"):
+        out.send(b"\xf8")
+
+
+@pytest.mark.skipif(shutil.which("jack_midi_dump") is None, reason="jack_midi_dump (jackd2) is not installed")
+def test_jack_midi_dump_receives_our_notes(jack_server):
+    dump = subprocess.Popen(["jack_midi_dump", "mb-dump"], env=jack_server.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: "mb-dump:input" in list_ports()[1], 5), "jack_midi_dump's port did not appear"
+        with MidiOutput("mb-dump:input") as out:
+            time.sleep(0.02)
+            for p in (60, 64, 67):
+                out.send(bytes([0x92, p, 90]))
+                time.sleep(0.005)
+                out.send(bytes([0x82, p, 0]))
+            time.sleep(0.2)
+    finally:
+        dump.send_signal(signal.SIGINT)  # it flushes and exits on SIGINT
+        out_text, _ = dump.communicate(timeout=10)
+    lines = [ln.split(":", 1)[1].split()[:3] for ln in out_text.splitlines() if ":" in ln]
+    want = []
+    for p in (60, 64, 67):
+        want += [["92", f"{p:02x}", "5a"], ["82", f"{p:02x}", "00"]]
+    assert lines == want, out_text
+
+
+# --- the private server itself ------------------------------------------------------------------------
+
+
+def test_jack_server_starts_stops_and_cleans_up_after_itself(jack_server, tmp_path):
+    from musebridge.bridge.jack_server import SHM, JackServer, remove_stale_shm, server_answers
+
+    name = f"mb_extra_{ports_mod.os.getpid()}"
+    uid = ports_mod.os.getuid()
+    stale = [SHM / f"jack_{name}_{uid}_99", SHM / f"jack_sem.{uid}_{name}_ghost"]  # names jackd never makes
+    for p in stale:  # what a killed server leaves: would make the next start fail
+        p.write_bytes(b"")
+    other = SHM / f"jack_{name}x_{uid}_0"  # a different server's file stays
+    other.write_bytes(b"")
+    try:
+        with JackServer(name) as srv:
+            assert srv.running and server_answers(name)
+            assert not any(p.exists() for p in stale)
+            with pytest.raises(MuseBridgeError, match="already running: pick another name"):
+                JackServer(name).start()
+            pid = srv.proc.pid
+        assert not srv.running and not server_answers(name)
+        assert not list(SHM.glob(f"jack_{name}_*")) and not list(SHM.glob(f"jack_sem.*_{name}_*"))
+        with pytest.raises(ProcessLookupError):
+            ports_mod.os.kill(pid, 0)
+        assert other.exists() and remove_stale_shm(name) == []
+    finally:
+        other.unlink(missing_ok=True)
+
+
+def test_jack_server_that_cannot_start_is_a_one_line_error():
+    from musebridge.bridge.jack_server import JackServer
+
+    with pytest.raises(MuseBridgeError, match=r"^JACK server 'mb_false' exited at start .*run `false -S"):
+        JackServer("mb_false", jackd="false").start()
+    with pytest.raises(MuseBridgeError, match="not found: install JACK"):
+        JackServer("mb_x", jackd="no-such-jackd").start()
