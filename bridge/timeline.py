@@ -188,6 +188,10 @@ class Timeline:
         return self._no_wait_bias
 
     # --- taking back what was not played ------------------------------------------------
+    def mark(self) -> None:
+        """A point `rewind` can come back to (the session marks after the player's notes)."""
+        self._mark()
+
     def _mark(self) -> None:
         self.marks.append(_Mark(self.time, self.rt.mark(), copy.deepcopy(self.encoder), self.grammar.copy(),
                                 self.logits.copy(), set(self.model_sounding)))
