@@ -1,0 +1,277 @@
+"""The desktop app as a thin shell over the jam session (pytest-qt, offscreen)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+pytest.importorskip("PyQt6.QtWidgets")
+
+import mido  # noqa: E402
+import numpy as np  # noqa: E402
+from PyQt6.QtGui import QImage  # noqa: E402
+
+from musebridge.bridge.cc_map import CCMap  # noqa: E402
+from musebridge.engine.checkpoint import DEFAULT_MODEL, load_vocab  # noqa: E402
+from musebridge.engine.events import NoteOff, NoteOn  # noqa: E402
+from musebridge.engine.midi_file import read_metadata, read_midi  # noqa: E402
+from musebridge.engine.sampling import NEG, STRENGTH_SCALE, LogitShaper  # noqa: E402
+from musebridge.engine.vocab import NOTE  # noqa: E402
+from musebridge.gui import settings as saved  # noqa: E402
+from musebridge.gui.host import SessionHost  # noqa: E402
+from musebridge.gui.window import MainWindow  # noqa: E402
+
+
+class Ports:
+    """A port lister the test controls: what the MIDI system 'has' right now."""
+
+    def __init__(self, ins=("Keystation 49:in",), outs=("Synth:in",)):
+        self.ins, self.outs, self.error = list(ins), list(outs), None
+
+    def __call__(self, api):
+        if self.error:
+            raise self.error
+        return list(self.ins), list(self.outs)
+
+
+@pytest.fixture
+def make_window(qtbot, tmp_path):
+    made = []
+
+    def make(lister=None, ini="settings.ini"):
+        qs = saved.open_settings(str(tmp_path / ini))
+        values = saved.load(qs)
+        host = SessionHost(saved.to_config(values), ports=False, ccmap=CCMap(tmp_path / "midi_map.json", load=False))
+        win = MainWindow(host, qs, values, port_lister=lister or Ports(), refresh_ms=0)
+        qtbot.addWidget(win)
+        made.append(win)
+        return win
+
+    yield make
+    for w in made:
+        w.close()
+
+
+def note_on_mask(vocab, family):
+    return (vocab.kind == NOTE) & (vocab.vbin > 0) & (vocab.family == vocab.family_index[family])
+
+
+def test_faders_and_mutes_set_the_sessions_sampling_bias(make_window):
+    win = make_window()
+    s = win.session
+    vocab = load_vocab(DEFAULT_MODEL)
+    win.mixer.strips["bass"].slider.setValue(100)
+    win.mixer.strips["piano"].slider.setValue(25)
+    win.mixer.strips["drums"].mute.setChecked(True)
+    assert s.controls.strengths["bass"] == 1.0
+    assert s.controls.strengths["piano"] == 0.25
+    assert s.controls.strengths["drums"] == 0.0
+    bias = LogitShaper(vocab, s.controls).bias
+    assert np.allclose(bias[note_on_mask(vocab, "bass")], STRENGTH_SCALE)
+    assert np.allclose(bias[note_on_mask(vocab, "piano")], STRENGTH_SCALE * (2 * 0.25 - 1))
+    assert (bias[note_on_mask(vocab, "drums")] <= NEG).all()
+    assert (bias[note_on_mask(vocab, "strings")] == 0).all()  # untouched: neutral
+    win.mixer.strips["drums"].mute.setChecked(False)  # un-mute restores the fader
+    assert s.controls.strengths["drums"] == 0.5
+    win.temp[1].setValue(80)
+    win.top_p[1].setValue(90)
+    assert (s.controls.temperature, s.controls.top_p) == (0.8, 0.9)
+    win.bars_box.setValue(4)
+    win.quant[1].setValue(50)
+    assert (s.cfg.bars, s.cfg.quantize) == (4.0, 0.5)
+
+
+def test_midi_learn_and_cc_moves_show_on_the_fader(make_window):
+    win = make_window()
+    strip = win.mixer.strips["bass"]
+    win._learn("bass")
+    assert win.session.ccmap.learning == "strength:bass" and strip.cc.text() == "learning…"
+    # the session reports a learned CC and then a CC move, from its own thread
+    win.session.ccmap.handle(30, 0)
+    t = threading.Thread(target=lambda: (win.session.emit("midi_learn", control="strength:bass", cc=30),
+                                         win.session.emit("control", control="strength:bass", value=0.9)))
+    t.start()
+    t.join()
+    from PyQt6.QtWidgets import QApplication
+
+    deadline = time.monotonic() + 2
+    while strip.slider.value() != 90 and time.monotonic() < deadline:
+        QApplication.processEvents()
+    assert strip.cc.text() == "CC 30" and strip.slider.value() == 90
+
+
+def fake_answer(tag=1, start=8.0, seed=11):
+    evs = [NoteOn(8.0, "piano", 60, 90), NoteOn(8.0, "bass", 36, 100), NoteOff(8.5, "piano", 60), NoteOn(8.5, "piano", 64, 80),
+           NoteOff(9.0, "piano", 64), NoteOff(10.0, "bass", 36), NoteOn(11.0, "strings", 67, 70), NoteOff(12.0, "strings", 67)]
+    return {"tag": tag, "start": start, "bars": 1.0, "bpm": 96.0, "events": evs, "style": "jazz",
+            "controls": {"temperature": 0.9, "top_k": 0, "top_p": 0.95, "seed": seed, "strengths": {"bass": 0.8},
+                         "key": None, "density": None}}
+
+
+def test_answers_become_clips_that_export_as_valid_midi(make_window, tmp_path, qtbot):
+    win = make_window()
+    s = win.session
+    s.roll.extend([{"src": "user", "family": "piano", "pitch": 62, "on": 4.0, "off": 5.0, "velocity": 80}])
+    s.history.append(fake_answer())
+    with qtbot.waitSignal(win.host.event, timeout=2000):
+        threading.Thread(target=lambda: s.emit("answer_end", tag=1, notes=4)).start()
+    assert win.clips.count() == 1
+    clip = win.clips.current_clip()
+    assert clip.prompt.notes and clip.prompt.notes[0].pitch == 62  # the phrase it answered
+    out = win.export_clip(clip, tmp_path / "a.mid")
+    back = read_midi(out)
+    got = sorted((n.family, n.pitch, round(n.start, 3), round(n.duration, 3), n.velocity) for n in back.notes)
+    assert got == [("bass", 36, 0.0, 2.0, 100), ("piano", 60, 0.0, 0.5, 90), ("piano", 64, 0.5, 0.5, 80),
+                   ("strings", 67, 3.0, 1.0, 70)]
+    mid = mido.MidiFile(out)
+    names = [next(m.name for m in tr if m.type == "track_name") for tr in mid.tracks[1:]]
+    programs = {m.program for tr in mid.tracks for m in tr if m.type == "program_change"}
+    assert names == ["piano", "bass", "strings"] and programs == {0, 33, 40}
+    assert [round(mido.tempo2bpm(m.tempo), 3) for tr in mid.tracks for m in tr if m.type == "set_tempo"] == [96.0]
+    meta = read_metadata(out)
+    assert meta["seed"] == 11 and meta["temperature"] == 0.9 and meta["style"] == "jazz" and meta["strengths"] == {"bass": 0.8}
+    # dragging the clip out hands over a file URL of the same .mid
+    data = win.clips.mimeData([win.clips.item(0)])
+    path = data.urls()[0].toLocalFile()
+    assert path.endswith(".mid") and len(read_midi(path).notes) == 4
+
+
+def test_window_survives_ports_vanishing(make_window, qtbot):
+    ports = Ports()
+    win = make_window(lister=ports)
+    with qtbot.waitSignal(win.ports_listed, timeout=2000):
+        win.refresh_ports()
+    assert [win.in_box.itemText(i) for i in range(win.in_box.count())][1:] == ["Keystation 49:in"]
+    win.in_box.setCurrentIndex(1)
+    win.in_box.activated.emit(1)
+    assert win.session.cfg.in_port == "Keystation 49:in"
+    qtbot.waitUntil(lambda: not win._listing, timeout=2000)
+    ports.ins = []  # the keyboard is unplugged
+    with qtbot.waitSignal(win.ports_listed, timeout=2000):
+        win.refresh_ports()
+    assert "input port “Keystation 49:in” is gone" in win.st_error.text()
+    assert "(missing)" in win.in_box.currentText()
+    ports.ins = ["Keystation 49:in"]  # and back
+    with qtbot.waitSignal(win.ports_listed, timeout=2000):
+        win.refresh_ports()
+    assert win.st_error.text() == "" and win.in_box.currentText() == "Keystation 49:in"
+    ports.error = RuntimeError("no JACK server is running")
+    with qtbot.waitSignal(win.ports_listed, timeout=2000):
+        win.refresh_ports()
+    assert "no JACK server is running" in win.st_error.text()
+
+
+def test_settings_persist(make_window):
+    win = make_window()
+    win.temp[1].setValue(130)
+    win.mixer.strips["guitar"].slider.setValue(70)
+    win.mixer.strips["drums"].mute.setChecked(True)
+    win.set_mode("accompany")
+    win.close()
+    again = make_window()
+    assert again.session.controls.temperature == 1.3
+    assert again.session.controls.strengths == {"guitar": 0.7, "drums": 0.0}
+    assert again.mixer.strips["drums"].mute.isChecked() and again.mixer.strips["guitar"].slider.value() == 70
+    assert again.session.cfg.mode == "accompany" and again.mode_group.checkedId() == 1
+
+
+def test_start_and_stop_never_block_the_window(make_window, qtbot):
+    win = make_window()
+    t0 = time.perf_counter()
+    win.toggle_start()  # loads the model: in a thread
+    assert time.perf_counter() - t0 < 0.2
+    qtbot.waitUntil(lambda: win.host.running and win.host.idle, timeout=30000)
+    assert win.start_btn.isChecked() and "Stop" in win.start_btn.text()
+    win.panic()
+    win.toggle_start()
+    qtbot.waitUntil(lambda: not win.host.running and win.host.idle, timeout=10000)
+    assert not win.start_btn.isChecked()
+
+
+def test_variations_run_in_a_thread_and_carry_their_seeds(make_window, qtbot, tmp_path):
+    win = make_window()
+    s = win.session
+    s.roll.extend([{"src": "user", "family": "piano", "pitch": p, "on": i * 0.5, "off": i * 0.5 + 0.5, "velocity": 90}
+                   for i, p in enumerate([60, 64, 67, 72])])
+    win.seed_box.setValue(100)
+    win.bars_box.setValue(0.5)
+    win.var_n.setValue(2)
+    with qtbot.waitSignal(win.job.done, timeout=60000):
+        win.variations()
+    assert not win.progress.isHidden() and win.progress.format().startswith("2 ready")
+    clips = win.clips.clips
+    assert [c.source for c in clips] == ["variation", "variation"]
+    assert [c.seed for c in clips] == [100, 101]
+    meta = read_metadata(win.export_clip(clips[1], tmp_path / "v.mid"))
+    assert meta["seed"] == 101 and meta["source"] == "variation"
+    win.clips.select(clips[0])
+    with qtbot.waitSignal(win.job.done, timeout=60000):
+        win.regenerate_clip()
+    again = win.clips.clips[-1]
+    assert again.source == "regenerated" and again.prompt is clips[0].prompt and again.seed not in (100, 101)
+
+
+def test_bare_musebridge_without_a_display_prints_help():
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env["QT_QPA_PLATFORM"] = "offscreen"  # renders, but nobody would see a window: help instead
+    r = subprocess.run([sys.executable, "-m", "musebridge"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and "gui" in r.stdout and "no display" in r.stdout
+
+
+def test_panic_on_a_real_port_and_the_port_vanishing(jack_server, qtbot, tmp_path):
+    from musebridge.bridge.ports import MidiInput
+    from musebridge.engine.events import Note
+    from musebridge.gui.port_watch import PortWatcher
+
+    monitor = MidiInput("GUI monitor", virtual=True, client_name="monitor")
+    qs = saved.open_settings(str(tmp_path / "s.ini"))
+    values = {**saved.load(qs), "api": "jack", "out_port": "GUI monitor", "bpm": 240.0}
+    host = SessionHost(saved.to_config(values), ports=True, ccmap=CCMap(tmp_path / "m.json", load=False))
+    win = MainWindow(host, qs, values, port_lister=PortWatcher(), refresh_ms=0)
+    qtbot.addWidget(win)
+    try:
+        win.toggle_start()
+        qtbot.waitUntil(lambda: host.running and host.idle, timeout=30000)
+        assert not win.error, win.error
+        host.session.replay([Note(0.0, 8.0, 60, 100, "piano"), Note(0.0, 8.0, 36, 100, "bass")])
+        got: list[bytes] = []
+
+        def sounding():
+            got.extend(m for m, _ in monitor.iter_pending())
+            return sum(m[0] & 0xF0 == 0x90 for m in got) == 2
+
+        qtbot.waitUntil(sounding, timeout=5000)
+        win.panic()
+
+        def released():
+            got.extend(m for m, _ in monitor.iter_pending())
+            offs = {(m[0] & 0x0F, m[1]) for m in got if m[0] & 0xF0 == 0x80 or (m[0] & 0xF0 == 0x90 and m[2] == 0)}
+            ons = {(m[0] & 0x0F, m[1]) for m in got if m[0] & 0xF0 == 0x90 and m[2] > 0}
+            return ons <= offs
+
+        qtbot.waitUntil(released, timeout=2000)
+        monitor.close()  # the synth goes away mid-jam
+        with qtbot.waitSignal(win.ports_listed, timeout=5000):
+            win.refresh_ports()
+        assert "output port “GUI monitor” is gone" in win.st_error.text()
+        assert host.running
+    finally:
+        win.close()
+        monitor.close()
+    assert not host.running
+
+
+def test_screenshot_command_writes_a_png(tmp_path):
+    out = tmp_path / "shot.png"
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    r = subprocess.run([sys.executable, "-m", "musebridge", "gui", "--screenshot", str(out)], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    img = QImage(str(out))
+    assert not img.isNull() and img.width() >= 1000 and img.height() >= 600
