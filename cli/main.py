@@ -14,7 +14,11 @@ import click
 from . import __version__
 from .errors import MuseBridgeError
 from .data_cmd import data
-from .model_cmd import evaluate, generate, pack, train
+from .gui_cmd import gui
+from .bench_cmd import bench
+from .jam_cmd import jam
+from .model_cmd import evaluate, export, generate, pack, train
+from .ports_cmd import ports
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
@@ -24,8 +28,14 @@ from .model_cmd import evaluate, generate, pack, train
 def cli(ctx: click.Context, debug: bool) -> None:
     """MuseBridge: a realtime MIDI co-composer that sits beside your DAW."""
     ctx.obj = {"debug": debug}
-    if ctx.invoked_subcommand is None:  # the desktop app will open here (issue 6)
-        click.echo(ctx.get_help())
+    if ctx.invoked_subcommand is None:  # bare `musebridge`: the desktop app, where there is a screen
+        from musebridge.gui.app import has_display
+
+        if has_display():
+            ctx.invoke(gui)
+        else:
+            click.echo(ctx.get_help())
+            click.echo("\n(no display for the app here: musebridge jam runs the bridge headless)")
 
 
 cli.add_command(data)
@@ -33,6 +43,11 @@ cli.add_command(train)
 cli.add_command(generate)
 cli.add_command(evaluate)
 cli.add_command(pack)
+cli.add_command(export)
+cli.add_command(jam)
+cli.add_command(gui)
+cli.add_command(ports)
+cli.add_command(bench)
 
 
 def main(argv: list[str] | None = None) -> int:

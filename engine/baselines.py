@@ -128,6 +128,9 @@ def lstm_model(vocab_size: int, d_embed: int, hidden: int, layers: int = 2, drop
             super().__init__()
             self.cfg = {"arch": "lstm", "vocab_size": vocab_size, "d_embed": d_embed, "hidden": hidden, "layers": layers}
             self.tok = nn.Embedding(vocab_size, d_embed)
+            # the tied embedding starts at std 0.02 (the output head's scale): normalise it on
+            # the way in, or the LSTM sees near-zero inputs and learns little beyond unigrams
+            self.norm = nn.LayerNorm(d_embed)
             self.lstm = nn.LSTM(d_embed, hidden, num_layers=layers, batch_first=True, dropout=dropout)
             self.proj = nn.Linear(hidden, d_embed, bias=False)
             self.head = nn.Linear(d_embed, vocab_size, bias=False)
@@ -138,7 +141,7 @@ def lstm_model(vocab_size: int, d_embed: int, hidden: int, layers: int = 2, drop
             return sum(p.numel() for p in self.parameters())
 
         def forward(self, tokens, feats=None, dense=False):
-            y, _ = self.lstm(self.tok(tokens))
+            y, _ = self.lstm(self.norm(self.tok(tokens)))
             return self.head(self.proj(y))
 
     return LSTMModel()

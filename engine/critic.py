@@ -246,3 +246,16 @@ def style_scores(classifier_dir: str | Path, model_dir: str | Path | None, data:
     gen = generated_windows(TorchRuntime(model, vocab), shards, split, samples, length, prompt_len, rng)
     return {"generated": inception_score(predict(clf, gen, vocab, length)),
             "real": inception_score(predict(clf, real, vocab, length)), "samples": samples, "classes": len(clf.classes)}
+
+
+def rank_continuations(critic_dir: str | Path, prompt, continuations: list[list[int]], vocab: Vocabulary,
+                       style: str | None = None) -> list[float]:
+    """The critic's P(real) for each continuation (its tokens) of `prompt`: higher is better.
+    What `generate --variations` and the app's variations rank by."""
+    from .generate import prompt_tokens
+
+    critic, cvocab, _ = load_classifier(critic_dir)
+    if cvocab != vocab:
+        raise MuseBridgeError(f"critic {critic_dir} uses another vocabulary than the model")
+    head = prompt_tokens(prompt, vocab, style, prompt.families)
+    return [float(s) for s in rank_by_critic(critic, vocab, [head + list(t) for t in continuations])]
