@@ -30,7 +30,7 @@ import numpy as np
 from musebridge.engine.events import Event, Note, NoteOff, NoteOn, Pedal
 from musebridge.engine.families import FAMILIES, family_for_program
 from musebridge.engine.midi_file import family_channels
-from musebridge.engine.sampling import LogitShaper, SamplingControls
+from musebridge.engine.sampling import LogitShaper
 from musebridge.errors import MuseBridgeError
 
 from .cc_map import CCMap

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import threading
 import time
 import wave
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 
 from musebridge.bridge.config import JamConfig
+from musebridge.bridge.jam_probe import Daw, bridge_port
 from musebridge.bridge.ports import MidiInput, MidiOutput
 from musebridge.bridge.session import JamSession
 from musebridge.engine.sampling import SamplingControls
@@ -31,82 +31,6 @@ def runtime_factory():
 
     model, vocab, _ = load_model()
     return lambda: TorchRuntime(model, vocab)
-
-
-def bridge_port(kind: str) -> str:
-    """The full JACK name of MuseBridge's own virtual port ("In" or "Out")."""
-    from musebridge.bridge.ports import list_ports
-
-    ins, outs = list_ports("jack")
-    names = outs if kind == "In" else ins  # we send to its input, listen to its output
-    return next(p for p in names if p.split(":")[0].startswith("MuseBridge") and p.endswith(f":MuseBridge {kind}"))
-
-
-class Daw:
-    """The test's side: a MIDI clock source, a player, and a listener that tracks every
-    note MuseBridge sends (individual note-offs only: CC123 does not count)."""
-
-    def __init__(self, client: str):
-        self.out = MidiOutput(bridge_port("In"), client_name=client)
-        self.got: list[tuple[bytes, float]] = []
-        self.inp = MidiInput(bridge_port("Out"), client_name=client, callback=lambda m, t: self.got.append((m, t)))
-        self.tick_times: list[float] = []
-        self._clock: threading.Thread | None = None
-        self._stop = threading.Event()
-
-    def start_clock(self, bpm: float = 120.0) -> None:
-        period = 60.0 / bpm / 24
-
-        self.period = period
-        self.t0 = t0 = time.perf_counter() + 0.01 + period
-
-        def run() -> None:
-            try:  # like a DAW's clock thread: realtime priority where allowed
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(20))
-            except (AttributeError, OSError):
-                pass
-            while time.perf_counter() < t0 - period:
-                pass
-            self.out.send([0xFA])
-            k = 0
-            while not self._stop.is_set():
-                due = t0 + k * period
-                while (now := time.perf_counter()) < due - 0.002:
-                    time.sleep(0.001)
-                while time.perf_counter() < due:
-                    pass
-                self.out.send([0xF8])
-                self.tick_times.append(time.perf_counter())
-                k += 1
-            self.out.send([0xFC])
-
-        self._clock = threading.Thread(target=run, daemon=True)
-        self._clock.start()
-
-    def tick_time(self, beat: float) -> float:
-        """When the clock tick of `beat` is due on the DAW's own timeline (a tick the
-        sending thread got out late still marks the bar where it was due)."""
-        return self.t0 + int(round(beat * 24)) * self.period
-
-    def note(self, pitch: int, on: bool, ch: int = 0) -> None:
-        self.out.send([0x90 | ch, pitch, 100] if on else [0x80 | ch, pitch, 0])
-
-    def sounding(self) -> set[tuple[int, int]]:
-        s: set[tuple[int, int]] = set()
-        for m, _ in list(self.got):
-            kind, ch = m[0] & 0xF0, m[0] & 0x0F
-            if kind == 0x90 and m[2] > 0:
-                s.add((ch, m[1]))
-            elif kind == 0x80 or (kind == 0x90 and m[2] == 0):
-                s.discard((ch, m[1]))
-        return s
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._clock is not None:
-            self._clock.join(2)
-        self.inp.close()
-        self.out.close()
 
 
 def wait_until(cond, timeout: float) -> bool:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -275,3 +277,26 @@ def test_screenshot_command_writes_a_png(tmp_path):
     assert r.returncode == 0, r.stderr
     img = QImage(str(out))
     assert not img.isNull() and img.width() >= 1000 and img.height() >= 600
+
+
+@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is not installed (Debian xvfb; .ci/run installs it)")
+def test_the_real_window_under_xvfb_renders_a_screenshot(tmp_path):
+    """The app in a real X window (xcb, not offscreen) on a virtual screen; the PNG lands in
+    docs/img/ for a person to look at."""
+    display = f":{90 + os.getpid() % 200}"
+    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        out = Path(__file__).resolve().parents[1] / "docs" / "img" / "musebridge-xvfb.png"
+        env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb", "HOME": str(tmp_path)}
+        r = subprocess.run([sys.executable, "-m", "musebridge", "gui", "--screenshot", str(out)], capture_output=True,
+                           text=True, env=env, timeout=180)
+        assert r.returncode == 0, r.stderr[-2000:]
+    finally:
+        xvfb.terminate()
+        xvfb.wait(10)
+    img = QImage(str(out))
+    assert not img.isNull() and img.width() >= 1000 and img.height() >= 600
+    colours = {img.pixel(x, y) for x in range(0, img.width(), 37) for y in range(0, img.height(), 23)}
+    assert len(colours) > 50  # a drawn window, not a blank screen
