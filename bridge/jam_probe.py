@@ -149,9 +149,11 @@ def probe(answers: int = 30, bpm: float = 120.0, backend: str = "auto", extra: l
             bar += 2  # the 1-bar answer plays in the next bar; play again after it
         cpu = (_cpu_seconds(jam.pid) - cpu0) / (time.perf_counter() - wall0)
     finally:
-        daw.close()
-        jam.terminate()
+        jam.terminate()  # SIGTERM: the jam must release every note before it exits
         jam.wait(15)
+        time.sleep(0.1)
+        left = len(daw.sounding())
+        daw.close()
     stopped = next((r for r in log if r["event"] == "stopped"), {})
     starts = [r for r in log if r["event"] == "answer_start"]
     return {
@@ -161,7 +163,7 @@ def probe(answers: int = 30, bpm: float = 120.0, backend: str = "auto", extra: l
         "phrase_end_to_first_note_ms": _pct(phrase_to_note),
         "send_jitter_ms": stopped.get("jitter"),
         "jam_cpu_load_percent_of_one_core": round(100 * cpu, 1),
-        "notes_left_sounding": len(daw.sounding()),
+        "notes_left_sounding_after_sigterm": left,
         "note": "phrase end = the player's last note-off; the answer waits for the next bar line, so phrase end -> first "
                 "note includes that wait (0.75 beat of silence ends the phrase, then up to a bar)",
     }
