@@ -158,17 +158,30 @@ def _rtmidi(cls: type, api: int, client_name: str):
     raise MuseBridgeError(f"cannot open MIDI ({api_name(api)}): {str(error).splitlines()[0]}") from error
 
 
+_listers: dict[tuple, tuple] = {}  # (api, JACK server) -> (MidiIn, MidiOut) kept for listing
+_listers_lock = threading.Lock()
+
+
 def list_ports(api: str | int = "auto") -> tuple[list[str], list[str]]:
-    """(inputs, outputs): ports we can listen to, and ports we can play to."""
+    """(inputs, outputs): ports we can listen to, and ports we can play to.
+
+    One pair of listing clients per API (and JACK server) is kept open for the process:
+    opening and closing JACK clients on every call stalls a busy server (measured: a
+    2-second port refresh held MIDI clock back, and churn under load hung client opens)."""
     api = resolve_api(api)
-    lists = []
-    for cls in (rtmidi.MidiIn, rtmidi.MidiOut):
-        rt = _rtmidi(cls, api, f"{CLIENT_NAME} ports")
-        try:
-            lists.append(list(rt.get_ports()))
-        finally:
-            rt.delete()
-    return lists[0], lists[1]
+    key = (api, os.environ.get("JACK_DEFAULT_SERVER"))
+    with _listers_lock:
+        for attempt in range(2):  # a stale client (its server restarted) is replaced once
+            pair = _listers.get(key)
+            if pair is None:
+                pair = _listers[key] = tuple(_rtmidi(cls, api, f"{CLIENT_NAME} ports") for cls in (rtmidi.MidiIn, rtmidi.MidiOut))
+            try:
+                return list(pair[0].get_ports()), list(pair[1].get_ports())
+            except (rtmidi.RtMidiError, RuntimeError, SystemError) as e:
+                del _listers[key]
+                if attempt:
+                    raise MuseBridgeError(f"cannot list MIDI ports ({e}); is the MIDI system running?") from None
+    raise AssertionError("unreachable")
 
 
 def find_port(available: Sequence[str], wanted: str, kind: str) -> int:
