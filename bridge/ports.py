@@ -322,8 +322,12 @@ class _Port:
 class MidiInput(_Port):
     """A MIDI input: messages arrive as (bytes, perf_counter time).
 
-    With `callback`, it is called as `callback(msg, t)` on rtmidi's thread (return
-    quickly; for JACK that is the audio thread); otherwise messages queue up for
+    Messages are polled by a thread of ours every 0.5 ms, not delivered by an rtmidi
+    callback: a Python callback runs on JACK's process thread and needs the GIL, and with
+    a synchronous server (`jackd -S`) that deadlocked whenever this process opened or
+    closed another JACK client while holding the GIL (seen: CI hung in client open/close).
+    With `callback`, it is called as `callback(msg, t)` on the polling thread (return
+    quickly); otherwise messages queue up for
     `receive`, `poll` and `iter_pending`. Sysex and active sensing are filtered; clock
     and transport come through. Malformed messages are dropped and counted in `dropped`.
     """
@@ -339,11 +343,36 @@ class MidiInput(_Port):
         self.callback_errors = 0
         self.last_error: str | None = None
         self._queue: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self._polling = threading.Event()
         super().__init__(port, virtual, api, client_name)
+        self._polling.set()
+        self._poller = threading.Thread(target=self._poll_loop, name=f"midi-in {self.name}", daemon=True)
+        self._poller.start()
 
     def _configure(self) -> None:
         self._rt.ignore_types(sysex=True, timing=False, active_sense=True)
-        self._rt.set_callback(self._on_message)
+
+    def _poll_loop(self) -> None:
+        while self._polling.is_set():
+            rt = self._rt
+            if rt is None:
+                return
+            try:
+                event = rt.get_message()
+            except Exception:
+                return
+            if event is None:
+                time.sleep(0.0005)
+                continue
+            self._on_message(event)
+
+    def close(self) -> None:
+        """Stop polling, then close the port and free the client; safe to call twice."""
+        self._polling.clear()
+        poller = getattr(self, "_poller", None)
+        if poller is not None and poller.is_alive() and poller is not threading.current_thread():
+            poller.join(timeout=1.0)
+        super().close()
 
     def _on_message(self, event: tuple[list[int], float], _data: object = None) -> None:
         t = time.perf_counter()  # first thing: arrival time
