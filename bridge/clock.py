@@ -197,6 +197,21 @@ class ClockFollower(_Timebase):
     def running(self) -> bool:
         return self.is_running()
 
+    def heard_within(self, seconds: float, now: float | None = None) -> bool:
+        """Playing, and a tick (or Start/Continue) arrived within `seconds` (a longer
+        grace than `running`, for flywheeling through a stall)."""
+        now = self._now() if now is None else now
+        return self._playing and self.ticks_received > 0 and now - max(self._last_tick_t, self._transport_t) <= seconds
+
+    def arrival_spread(self) -> float:
+        """Spread (5th to 95th percentile, seconds) of tick arrivals around the tempo line:
+        a driver delivering once per period shows its period here."""
+        if len(self._ticks) < 24:
+            return 0.0
+        fit = self._fit
+        r = sorted(t - (fit.a + fit.b * k) for k, t in self._ticks)
+        return r[int(0.95 * (len(r) - 1))] - r[int(0.05 * (len(r) - 1))]
+
     @property
     def source(self) -> str:
         return "midi clock" if self.is_running() else "internal"

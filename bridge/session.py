@@ -57,10 +57,8 @@ class SessionClock:
     def active(self):
         """The MIDI clock from Start to Stop, even through a stall in its ticks (it flywheels
         on the last tempo, so positions never jump); the internal clock otherwise."""
-        m = self.midi
-        if self.cfg.clock != "internal" and m.playing and m.ticks_received and \
-                time.perf_counter() - max(m._last_tick_t, m._transport_t) <= FLYWHEEL_S:
-            return m
+        if self.cfg.clock != "internal" and self.midi.heard_within(FLYWHEEL_S):
+            return self.midi
         return self.internal
 
     @property
@@ -364,7 +362,7 @@ class JamSession:
             return
         comp = 0.0
         if self.clock.following:
-            comp = min(_arrival_spread(self.clock.midi), 0.006)
+            comp = min(self.clock.midi.arrival_spread(), 0.006)
         self.scheduler.latency_s = comp
         self.latency_comp_ms = comp * 1000.0
 
@@ -753,16 +751,6 @@ class JamSession:
         c = self.controls
         return {"temperature": c.temperature, "top_k": c.top_k, "top_p": c.top_p, "seed": c.seed,
                 "strengths": dict(c.strengths), "key": c.key, "density": c.density}
-
-
-def _arrival_spread(follower: ClockFollower) -> float:
-    """Spread (5th to 95th percentile) of clock tick arrivals around the fitted tempo line."""
-    ticks = list(follower._ticks)
-    if len(ticks) < 24:
-        return 0.0
-    fit = follower._fit
-    r = np.array([t - (fit.a + fit.b * k) for k, t in ticks])
-    return float(np.percentile(r, 95) - np.percentile(r, 5))
 
 
 def _pct(values) -> dict:

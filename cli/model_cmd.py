@@ -223,12 +223,9 @@ def generate(prompt, bars, style, strengths, temperature, top_k, top_p, key, den
     critic_dir = Path(critic) if critic else folder / "critic"
     # the critic is a PyTorch classifier: without torch, the folder's own critic is skipped quietly
     if variations > 1 and (critic or ((critic_dir / "classifier.json").exists() and "torch" in available_backends())):
-        from musebridge.engine.critic import load_classifier, rank_by_critic
-        from musebridge.engine.generate import prompt_tokens
+        from musebridge.engine.critic import rank_continuations
 
-        crit, _, _ = load_classifier(critic_dir)
-        head = prompt_tokens(piece, vocab, style, piece.families)
-        scores = list(rank_by_critic(crit, vocab, [head + r.tokens for r in results]))
+        scores = rank_continuations(critic_dir, piece, [r.tokens for r in results], vocab, style)
         order = sorted(range(len(results)), key=lambda i: -scores[i])
         results, scores = [results[i] for i in order], [scores[i] for i in order]
     outs = [Path(out)] if variations == 1 else [Path(out).with_name(f"{Path(out).stem}-{i + 1}{Path(out).suffix}") for i in range(variations)]

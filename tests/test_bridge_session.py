@@ -237,8 +237,9 @@ def test_accompany_plays_along_and_regenerates_when_the_player_plays(runtime_fac
                 time.sleep(0.08)
             time.sleep(1.0)
             ons = [t for m, t in daw.got if m[0] & 0xF0 == 0x90 and m[2] > 0]
-        finally:
-            pass
+        except BaseException:
+            daw.close()
+            raise
     time.sleep(0.1)
     left = daw.sounding()
     daw.close()

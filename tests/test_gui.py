@@ -188,8 +188,9 @@ def test_start_and_stop_never_block_the_window(make_window, qtbot):
     t0 = time.perf_counter()
     win.toggle_start()  # loads the model: in a thread
     assert time.perf_counter() - t0 < 0.2
-    qtbot.waitUntil(lambda: win.host.running and win.host.idle, timeout=30000)
-    assert win.start_btn.isChecked() and "Stop" in win.start_btn.text()
+    # the host's "idle" reaches the window as a queued signal: wait for the button to show it
+    qtbot.waitUntil(lambda: win.host.running and win.host.idle and "Stop" in win.start_btn.text(), timeout=30000)
+    assert win.start_btn.isChecked()
     win.panic()
     win.toggle_start()
     qtbot.waitUntil(lambda: not win.host.running and win.host.idle, timeout=10000)
