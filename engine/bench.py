@@ -5,7 +5,9 @@ Runtime path never has torch loaded), one after another on the same machine in o
 run; the floor is measured in the same run. Absolute times on a shared machine move by
 tens of percent between runs, so read the ratios.
 
-Backends: our `onnxruntime`, `torch` (our model, static cache), `torch_eager` (our
+Backends: our `onnxruntime`, `torch` (our model, static cache), on a GPU `torch_cuda`
+(the same on CUDA, kernels launched one by one) and `torch_cuda_graphs` (the step
+replayed as one CUDA graph), `tensorrt` (engine built with TensorRT), `torch_eager` (our
 model, whole-prefix recompute with no cache: what a naive loop does) and
 `hf_transformers` (Hugging Face GPT-2 with the same layers, width, heads and vocabulary,
 random weights, decoding with its KV cache: `generate`, and a manual
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 PREFILL = (64, 512, 2048)
+GPU_TORCH = ("torch_cuda", "torch_cuda_graphs")
 CONTEXTS = (256, 1024, 4096)
 STEPS = 48
 
@@ -68,7 +71,11 @@ def run_backend(backend: str, model_dir: str | None, threads: int) -> list[dict]
     vocab = load_vocab(model_dir or DEFAULT_MODEL)
     if backend == "torch_eager":
         return _run_eager(model_dir, threads)
-    rt = open_runtime(model_dir, backend, threads=threads)
+    if backend in GPU_TORCH:  # our torch runtime on CUDA, the step as kernels one by one or one CUDA graph
+        rt = open_runtime(model_dir, "torch", device="cuda")
+        rt.cuda_graphs = backend == "torch_cuda_graphs"
+    else:
+        rt = open_runtime(model_dir, backend, threads=threads)
     rows: list[dict] = []
     long = _prompt_tokens(vocab, 4096)
     for n in [n for n in PREFILL if n <= rt.context]:
@@ -261,16 +268,30 @@ def _timed(fn) -> float:
 
 
 # --- driver ------------------------------------------------------------------------------------------------
-def available(backends: list[str]) -> list[str]:
+def available(backends: list[str]) -> dict[str, str]:
+    """{backend: why it cannot run here} for those of `backends` that cannot."""
     import importlib.util
 
-    out = []
+    why = {}
     for b in backends:
         mod = {"onnxruntime": "onnxruntime", "torch": "torch", "torch_eager": "torch", "hf_transformers": "transformers",
-               "tensorrt": "tensorrt"}.get(b)
-        if mod and importlib.util.find_spec(mod) is not None:
-            out.append(b)
-    return out
+               "tensorrt": "tensorrt", "torch_cuda": "torch", "torch_cuda_graphs": "torch"}.get(b)
+        if mod is None or importlib.util.find_spec(mod) is None:
+            why[b] = "not installed"
+        elif b in GPU_TORCH or b == "tensorrt":
+            from .backends import available_backends
+
+            if b == "tensorrt" and "tensorrt" not in available_backends():
+                why[b] = "TensorRT needs an NVIDIA GPU"
+            elif b in GPU_TORCH and not _cuda():
+                why[b] = "no CUDA device"
+    return why
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def run(model_dir: str | None, backends: list[str], threads: int, progress=lambda s: None) -> dict:

@@ -278,7 +278,12 @@ class MuseModel(nn.Module):
         n = tokens.shape[1]
         if start + n > self.cfg.context:
             raise ValueError(f"positions up to {start + n} exceed the context of {self.cfg.context}")
-        pos = torch.arange(start, start + n, device=tokens.device)
+        return self.forward_at(tokens, feats, cache, torch.arange(start, start + n, device=tokens.device))
+
+    def forward_at(self, tokens: torch.Tensor, feats: torch.Tensor, cache: "KVCache", pos: torch.Tensor) -> torch.Tensor:
+        """`forward_cached` with the positions as a tensor [n] (contiguous, in range): no
+        Python number reaches a kernel, so one CUDA graph captured at any position replays
+        at every other (the caller checks the range)."""
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]
         x = self.embed(tokens, feats)
         for i, blk in enumerate(self.blocks):

@@ -1,5 +1,6 @@
 """The sparse transformer: causality, and every fast path equal to the dense reference."""
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -89,3 +90,48 @@ def test_context_limit_is_an_error():
     tok, f = _inputs(1, 97)
     with pytest.raises(ValueError, match="context"):
         m(tok, f)
+
+
+def _runtime_pair(device: str, graphs: bool):
+    from musebridge.engine.torch_runtime import TorchRuntime
+    from musebridge.engine.vocab import Vocabulary
+
+    vocab = Vocabulary()
+    torch.manual_seed(0)
+    model = MuseModel(ModelConfig(vocab_size=len(vocab), n_layer=2, n_head=4, d_model=32, window=8, context=96)).eval()
+    return (TorchRuntime(model, vocab, device=device, cuda_graphs=False),
+            TorchRuntime(model, vocab, device=device, cuda_graphs=graphs))
+
+
+def _same_decode(plain, fast, atol: float) -> None:
+    """Prefill, steps at many positions, an append, a rewind, a fork and a slide past the
+    context: the static-step path gives the plain path's logits all the way."""
+    rng = np.random.default_rng(0)
+    toks = [int(t) for t in rng.integers(0, len(plain.vocab), 400)]
+    for rt in (plain, fast):
+        rt.outs = [rt.prefill(toks[:20])]
+        rt.outs += [rt.step(t) for t in toks[20:40]]
+        m = rt.mark()
+        rt.outs.append(rt.append(toks[40:45]))
+        assert rt.rewind(m)
+        rt.outs += [rt.step(t) for t in toks[40:130]]  # 130 > context 96: slides, steps go on
+        many = rt.fork(2)
+        rt.outs += [many.step([toks[130 + i], toks[131 + i]]) for i in range(5)]
+    assert fast.slides == plain.slides > 0
+    for a, b in zip(plain.outs, fast.outs):
+        assert np.abs(a - b).max() <= atol
+
+
+
+def test_static_step_equals_the_plain_path_on_the_cpu():
+    """What a CUDA graph replays (static buffers, the position as a tensor), run eagerly."""
+    plain, fast = _runtime_pair("cpu", graphs=True)
+    _same_decode(plain, fast, 1e-5)
+    assert fast._step is not None and fast._step.graph is None  # the static path ran, uncaptured
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need an NVIDIA GPU")
+def test_cuda_graph_step_equals_the_plain_path():
+    plain, fast = _runtime_pair("cuda", graphs=True)
+    _same_decode(plain, fast, 1e-4)
+    assert fast._step.graph is not None
