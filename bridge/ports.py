@@ -136,6 +136,8 @@ def _rtmidi(cls: type, api: int, client_name: str):
     client": measured under CPU contention, while other clients come and go): that is
     retried a few times before giving up.
     """
+    if api == rtmidi.API_LINUX_ALSA and sys.platform.startswith("linux") and not os.path.exists(ALSA_SEQ):
+        raise _no_alsa()  # before ALSA's own library prints its complaint on stderr
     for delay in (*JACK_OPEN_RETRIES_S, None):
         try:
             return cls(api, name=client_name)
@@ -153,9 +155,13 @@ def _rtmidi(cls: type, api: int, client_name: str):
         raise MuseBridgeError(f"no {which} is running: start one (e.g. `jackd -S -d dummy`, or QjackCtl) "
                               f"or choose another --api") from error
     if api == rtmidi.API_LINUX_ALSA:
-        raise MuseBridgeError(f"cannot open the ALSA sequencer ({ALSA_SEQ} missing?): load it with "
-                              f"`modprobe snd-seq`, or start a JACK server and use --api jack") from error
+        raise _no_alsa() from error
     raise MuseBridgeError(f"cannot open MIDI ({api_name(api)}): {str(error).splitlines()[0]}") from error
+
+
+def _no_alsa() -> MuseBridgeError:
+    return MuseBridgeError(f"cannot open the ALSA sequencer ({ALSA_SEQ} missing?): load it with "
+                           f"`modprobe snd-seq`, or start a JACK server and use --api jack")
 
 
 _listers: dict[tuple, tuple] = {}  # (api, JACK server) -> (MidiIn, MidiOut) kept for listing

@@ -205,6 +205,8 @@ def generate(prompt, bars, style, strengths, temperature, top_k, top_p, key, den
         raise MuseBridgeError(f"style {style!r} is not in the model's vocabulary; see musebridge generate --list-styles")
     if variations < 1:
         raise click.BadParameter(f"--variations must be at least 1, got {variations}")
+    if not 0 < bars <= 256:
+        raise MuseBridgeError(f"--bars {bars:g} is invalid: use a length between 0 and 256 bars")
     parsed: dict[str, float] = {}
     for s in strengths:
         parsed.update(parse_strengths(s, vocab))

@@ -137,7 +137,9 @@ def generate(
     if variations > 1:
         rt = runtime.fork(variations)
         logits = np.repeat(logits, variations, axis=0)
-    seeds = [None if controls.seed is None else controls.seed + i for i in range(variations)]
+    # no seed asked: draw one, so every clip still records the seed that recalls it
+    base = controls.seed if controls.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+    seeds = [base + i for i in range(variations)]
     rows = continue_rows(rt, logits, shaper, [grammar.copy() for _ in range(variations)], end_time, max_tokens, seeds)
     tempos = [Tempo(0.0, prompt.tempos[-1].bpm)] if prompt.tempos else []
     last_ts = prompt.time_signatures[-1] if prompt.time_signatures else None

@@ -29,8 +29,12 @@ def read_midi(path: str | Path, style: str | None = None) -> Piece:
         mid = mido.MidiFile(path, clip=True)
     except FileNotFoundError:
         raise MidiFileError(f"MIDI file {path} not found") from None
-    except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError) as e:
-        raise MidiFileError(f"{path} is not a readable MIDI file ({e or type(e).__name__}); re-export it from your DAW") from None
+    except EOFError:
+        raise MidiFileError(f"{path} is not a readable MIDI file (it ends early: truncated or empty); "
+                            "re-export it from your DAW") from None
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MidiFileError(f"{path} is not a readable MIDI file ({why}); re-export it from your DAW") from None
     piece = midi_to_piece(mid, source=str(path))
     piece.style = style
     piece.name = path.stem

@@ -71,6 +71,15 @@ def test_same_seed_same_notes_and_fork_matches_single(setup):
     assert many[0].tokens == a.tokens  # variation i uses seed + i, forked from the same prompt
 
 
+def test_without_a_seed_each_clip_records_the_seed_that_recalls_it(setup):
+    model, vocab = setup
+    rt = TorchRuntime(model, vocab)
+    takes = generate(rt, _prompt(), bars=1, controls=SamplingControls(), variations=2)
+    assert all(isinstance(t.seed, int) for t in takes) and takes[1].seed == takes[0].seed + 1
+    again = generate(rt, _prompt(), bars=1, controls=SamplingControls(seed=takes[1].seed))[0]
+    assert again.tokens == takes[1].tokens
+
+
 def test_key_constraint(setup):
     model, vocab = setup
     rt = TorchRuntime(model, vocab)

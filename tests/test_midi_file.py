@@ -67,8 +67,10 @@ def test_notes_left_on_are_closed_at_the_end(tmp_path):
 def test_malformed_files_raise_one_clear_error(tmp_path, content):
     p = tmp_path / "bad.mid"
     p.write_bytes(content)
-    with pytest.raises(MidiFileError, match="bad.mid"):
+    with pytest.raises(MidiFileError, match="bad.mid") as e:
         read_midi(p)
+    why = str(e.value).split("(", 1)[1].split(")", 1)[0]
+    assert why.strip() and len(str(e.value).splitlines()) == 1  # says what is wrong, on one line
 
 
 def test_missing_file(tmp_path):
