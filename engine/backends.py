@@ -1,11 +1,15 @@
 """Pick a decoder backend by name: every one is a `CachedRuntime` (prefill/append/step/fork).
 
-    auto         onnxruntime when it is installed, else torch
-    onnxruntime  engine/ort_runtime.py: the app's default; graphs built from the weights on
-                 first use (no torch needed); CUDA when onnxruntime-gpu is installed
+    auto         the fastest one available here, the first of `available_backends()`:
+                 tensorrt on a machine with an NVIDIA GPU and TensorRT (its first open builds
+                 the engines, a minute or so, then they are cached), else onnxruntime, else torch
+    onnxruntime  engine/ort_runtime.py: the default on CPUs; graphs built from the weights on
+                 first use (no torch needed); CUDA when onnxruntime-gpu is installed, and ORT's
+                 own TensorRT provider with device="tensorrt"
     torch        engine/torch_runtime.py: the reference (and training machines)
-    tensorrt     ONNX Runtime's TensorRT provider (fp16 engines cached beside the graph);
-                 needs an NVIDIA GPU and onnxruntime-gpu
+    tensorrt     engine/trt_runtime.py: fp16 engines built from the graphs with TensorRT's
+                 Python API, cached in the user's cache keyed by graph, GPU and TensorRT
+                 version; needs an NVIDIA GPU, tensorrt, and torch (CUDA) or cupy for buffers
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ BACKENDS = ("onnxruntime", "torch", "tensorrt")
 INSTALL = {
     "onnxruntime": "pip install onnxruntime onnx",
     "torch": "pip install torch==2.13.0 (the CPU build) and pip install -e '.[train]'",
-    "tensorrt": "pip install onnxruntime-gpu on a machine with an NVIDIA GPU and CUDA",
+    "tensorrt": ("pip install tensorrt on a machine with an NVIDIA GPU, with a CUDA build of torch or cupy for "
+                 "GPU buffers (ONNX Runtime on the GPU instead: pip install onnxruntime-gpu)"),
 }
 
 
@@ -34,17 +39,20 @@ def _importable(name: str) -> bool:
 
 
 def available_backends() -> list[str]:
-    """Backends usable on this machine, in the order `auto` prefers them."""
+    """Backends usable on this machine, in the order `auto` prefers them: fastest first.
+
+    tensorrt leads where it is usable (an NVIDIA GPU with TensorRT: nothing here beats its
+    engines), so CPU machines get onnxruntime, then torch. Cheap, and it never imports torch.
+    """
+    from .trt_runtime import tensorrt_available
+
     out = []
+    if tensorrt_available():
+        out.append("tensorrt")
     if _importable("onnxruntime") and _importable("onnx"):
         out.append("onnxruntime")
     if _importable("torch"):
         out.append("torch")
-    if "onnxruntime" in out:
-        import onnxruntime as ort
-
-        if "TensorrtExecutionProvider" in ort.get_available_providers():
-            out.append("tensorrt")
     return out
 
 
@@ -67,19 +75,26 @@ def open_runtime(model_dir: str | Path | None = None, backend: str = "auto", bat
                  onnx_dir: str | Path | None = None) -> CachedRuntime:
     """A runtime of batch `batch` for a model folder (default: the shipped model).
 
-    dtype: onnxruntime graphs "fp32" (CPU default), "fp16" (GPU default) or "int8".
+    dtype: onnxruntime graphs "fp32" (CPU default), "fp16" (GPU default) or "int8"; tensorrt
+        engines "fp16" (default) or "fp32".
     threads: CPU threads (default: physical cores for onnxruntime, torch's own default).
-    device: "cpu"/"cuda" (default: the GPU when the backend has one).
+    device: "cpu"/"cuda" (default: the GPU when the backend has one); onnxruntime also takes
+        "tensorrt" (ORT's own TensorRT provider).
     onnx_dir: graphs written by `musebridge export` instead of the cached build.
     """
     name = resolve_backend(backend)
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
-    if name in ("onnxruntime", "tensorrt"):
+    if name == "tensorrt":
+        from .trt_runtime import TrtRuntime
+
+        if device not in (None, "cuda"):
+            raise BackendError(f"the tensorrt backend runs on the GPU (device cuda), not {device}")
+        return TrtRuntime.open(model_dir, batch, dtype=dtype or "fp16", onnx_dir=onnx_dir)
+    if name == "onnxruntime":
         from .ort_runtime import OrtRuntime
 
-        dev = "tensorrt" if name == "tensorrt" else device
-        return OrtRuntime.open(model_dir, batch, dtype=dtype, threads=threads, device=dev, onnx_dir=onnx_dir)
+        return OrtRuntime.open(model_dir, batch, dtype=dtype, threads=threads, device=device, onnx_dir=onnx_dir)
     import torch
 
     from .checkpoint import load_model

@@ -57,7 +57,8 @@ def _prompt() -> Piece:
 
 
 def test_auto_prefers_onnxruntime():
-    assert available_backends()[:2] == ["onnxruntime", "torch"]
+    """Where no TensorRT engine can run (every CPU machine), onnxruntime leads, then torch."""
+    assert [b for b in available_backends() if b != "tensorrt"][:2] == ["onnxruntime", "torch"]
     assert open_runtime(backend="auto").name == "onnxruntime"
 
 

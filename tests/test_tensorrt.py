@@ -1,0 +1,592 @@
+"""The TensorRT backend (engine/trt_runtime.py).
+
+Three layers:
+- pure parts, everywhere: the engine cache key and folder, what a graph declares and the
+  optimization profile made from it, the upload layout, availability and one-line errors;
+- the runtime's bookkeeping, everywhere torch is: a stand-in `tensorrt` module whose
+  "engine" runs the same graph on ONNX Runtime, reading and writing host buffers at the
+  addresses the runtime binds (torch CPU tensors in place of CUDA ones). It checks the
+  ping-pong cache, the shapes and profile, fork, slide, the engine cache and its repair --
+  not TensorRT itself;
+- the real thing, only where TensorRT and an NVIDIA GPU are (skipped elsewhere): fp16
+  parity with the torch reference, engines cached and reused, a corrupt engine rebuilt.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+
+from musebridge.engine import trt_runtime  # noqa: E402
+from musebridge.engine.backends import BackendError, available_backends, open_runtime  # noqa: E402
+from musebridge.engine.trt_runtime import (  # noqa: E402
+    MAX_BATCH, GraphIO, engine_cache_key, engine_path, engine_root, io_layout, profile_shapes, read_graph_io,
+    tensorrt_available)
+from musebridge.onnx_export import GraphConfig, GraphFileError, build_graph, cache_root, graph_paths  # noqa: E402
+from musebridge.onnx_export.build import expected_shapes  # noqa: E402
+
+ON_GPU = tensorrt_available()
+gpu = pytest.mark.skipif(not ON_GPU, reason="needs TensorRT and an NVIDIA GPU")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache_dir(tmp_path_factory):
+    """Graphs and engines go to a temporary cache, never the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("cache")
+        mp.setenv("MUSEBRIDGE_CACHE_DIR", str(path))
+        yield path
+
+
+def _one_line(excinfo) -> str:
+    msg = str(excinfo.value)
+    assert "\n" not in msg and "Traceback" not in msg
+    return msg
+
+
+# --- graphs without torch: random weights straight into build_graph ---------------------------------------
+CFG = GraphConfig(vocab_size=40, n_layer=2, n_head=4, d_model=32, context=64, window=8, local_heads=2, mlp_ratio=2,
+                  ticks_per_beat=12, rope_base=10000.0)
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory):
+    """{(kind, compute): path} of a tiny random decoder's graphs."""
+    import onnx
+
+    rng = np.random.default_rng(0)
+    weights = {k: (rng.standard_normal(s) * 0.1).astype(np.float16) for k, s in expected_shapes(CFG).items()}
+    folder = tmp_path_factory.mktemp("graphs")
+    out = {}
+    for kind in ("step", "chunk"):
+        for compute in ("fp32", "fp16"):
+            path = out[kind, compute] = folder / f"{kind}-{compute}.onnx"
+            onnx.save_model(build_graph(CFG, weights, kind, compute), str(path))
+    return out
+
+
+# --- the engine cache ------------------------------------------------------------------------------------
+def test_cache_key_follows_the_graph_gpu_and_tensorrt(tmp_path):
+    graph = tmp_path / "g.onnx"
+    graph.write_bytes(b"graph bytes" * 1000)
+    base = ("NVIDIA H200", "9.0", "10.9.0")
+    key = engine_cache_key(graph, *base)
+    assert key == engine_cache_key(graph, *base) and len(key) == 64 and int(key, 16) >= 0  # stable sha256 hex
+    assert key == engine_cache_key(str(graph), *base)
+    others = {
+        engine_cache_key(graph, "NVIDIA L4", "9.0", "10.9.0"),
+        engine_cache_key(graph, "NVIDIA H200", "8.9", "10.9.0"),
+        engine_cache_key(graph, "NVIDIA H200", "9.0", "10.10.0"),
+        engine_cache_key(graph, *base, fp16=False),
+    }
+    graph.write_bytes(b"graph bytes" * 999 + b"graph byteZ")
+    others.add(engine_cache_key(graph, *base))
+    assert len(others) == 5 and key not in others
+    graph.write_bytes(b"graph bytes" * 1000)  # back to the same bytes: the same key
+    assert engine_cache_key(graph, *base) == key
+
+
+def test_cache_key_of_a_missing_graph_is_a_one_line_error(tmp_path):
+    with pytest.raises(GraphFileError) as e:
+        engine_cache_key(tmp_path / "gone.onnx", "gpu", "9.0", "10")
+    assert "gone.onnx" in _one_line(e)
+
+
+def test_engines_live_in_the_musebridge_cache(tmp_path, monkeypatch):
+    graph = tmp_path / "g.onnx"
+    graph.write_bytes(b"x")
+    monkeypatch.setenv("MUSEBRIDGE_CACHE_DIR", str(tmp_path / "mb"))
+    path = engine_path(graph, "gpu", "9.0", "10.9")
+    assert path == tmp_path / "mb" / "tensorrt" / f"{engine_cache_key(graph, 'gpu', '9.0', '10.9')}.engine"
+    assert engine_root() == cache_root().parent / "tensorrt"  # beside the graphs' onnx/
+    monkeypatch.delenv("MUSEBRIDGE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert engine_path(graph, "gpu", "9.0", "10.9").parent == tmp_path / "xdg" / "musebridge" / "tensorrt"
+
+
+# --- what the graphs declare, and the profile -------------------------------------------------------------
+def test_graph_io_and_profile_of_the_chunk_graph(graphs):
+    io = read_graph_io(graphs["chunk", "fp16"])
+    L, H, C, D = CFG.n_layer, CFG.n_head, CFG.context, CFG.head_dim
+    assert io.cache_fp16 and io.cache_dtype == np.float16 and io.vocab_size == 40 and io.context == C
+    assert io.inputs["tokens"] == ("batch", "n") and io.inputs["cache"] == (L, 2, "batch", H, C, D)
+    assert io.cache_shape(3) == (L, 2, 3, H, C, D)
+    prof = profile_shapes(io)
+    assert set(prof) == {"tokens", "feats", "cache"}  # start is a fixed scalar: no range
+    assert prof["tokens"] == ((1, 1), (1, 64), (MAX_BATCH, 512))
+    assert prof["feats"] == ((1, 1, 5), (1, 64, 5), (MAX_BATCH, 512, 5))
+    assert prof["cache"] == ((L, 2, 1, H, C, D), (L, 2, 1, H, C, D), (L, 2, MAX_BATCH, H, C, D))
+    assert profile_shapes(io, max_batch=4, max_tokens=32)["tokens"] == ((1, 1), (1, 32), (4, 32))
+
+
+def test_graph_io_and_profile_of_the_step_graph(graphs):
+    io = read_graph_io(graphs["step", "fp32"])
+    assert not io.cache_fp16 and io.cache_dtype == np.float32
+    prof = profile_shapes(io)
+    assert prof["tokens"] == ((1, 1), (1, 1), (MAX_BATCH, 1))
+    assert prof["feats"] == ((1, 1, 5), (1, 1, 5), (MAX_BATCH, 1, 5))
+
+
+def test_damaged_foreign_and_odd_graphs_are_one_line_errors(graphs, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage" * 100)
+    with pytest.raises(GraphFileError) as e:
+        read_graph_io(bad)
+    assert "bad.onnx" in _one_line(e)
+    with pytest.raises(GraphFileError) as e:
+        read_graph_io(tmp_path / "missing.onnx")
+    assert "musebridge export" in _one_line(e)
+    vi = helper.make_tensor_value_info
+    ident = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [vi("x", TensorProto.FLOAT, [1])],
+                              [vi("y", TensorProto.FLOAT, [1])])
+    other = helper.make_model(ident)
+    onnx.save_model(other, str(tmp_path / "other.onnx"))
+    with pytest.raises(GraphFileError) as e:
+        read_graph_io(tmp_path / "other.onnx")
+    assert "not a MuseBridge decoder graph" in _one_line(e)
+    io = read_graph_io(graphs["chunk", "fp32"])
+    odd = GraphIO(io.path, {**io.inputs, "tokens": ("batch", "seq")}, io.outputs, io.cache_fp16)
+    with pytest.raises(GraphFileError) as e:
+        profile_shapes(odd)
+    assert "'seq'" in _one_line(e)
+
+
+def test_the_upload_layout_is_aligned_and_never_overlaps():
+    for b, n in [(1, 1), (1, 7), (3, 1), (16, 512), (5, 33)]:
+        tok, feats, start, used = io_layout(b, n)
+        assert tok == 0 and feats >= b * n and start >= feats + b * n * 5 and used == start + 1
+        assert feats % 32 == 0 and start % 32 == 0  # 256-byte boundaries for int64
+    assert io_layout(MAX_BATCH, 512)[3] >= max(io_layout(b, n)[3] for b in range(1, 17) for n in (1, 100, 512))
+
+
+# --- here: not available, and saying so in one line ------------------------------------------------------
+@pytest.mark.skipif(ON_GPU, reason="TensorRT is usable here")
+def test_tensorrt_is_not_listed_here_and_asking_for_it_says_what_to_install():
+    assert "tensorrt" not in available_backends()
+    with pytest.raises(BackendError) as e:
+        open_runtime(backend="tensorrt")
+    msg = _one_line(e)
+    assert "pip install tensorrt" in msg and "NVIDIA GPU" in msg
+
+
+@pytest.mark.skipif(ON_GPU or trt_runtime._importable("tensorrt"), reason="tensorrt is installed here")
+def test_building_without_tensorrt_is_a_one_line_error(graphs, tmp_path):
+    with pytest.raises(BackendError) as e:
+        trt_runtime.build_engine(graphs["step", "fp16"], tmp_path / "x.engine")
+    assert "pip install tensorrt" in _one_line(e)
+
+
+@pytest.mark.skipif(ON_GPU, reason="a GPU is usable here")
+def test_no_gpu_buffers_is_a_one_line_error():
+    with pytest.raises(BackendError) as e:
+        trt_runtime.device_memory()
+    assert "cupy" in _one_line(e) and "torch" in _one_line(e)
+
+
+def test_availability_needs_tensorrt_onnx_gpu_buffers_and_a_gpu(monkeypatch):
+    have = {"tensorrt", "onnx", "onnxruntime", "cupy"}
+    monkeypatch.setattr(trt_runtime, "_importable", lambda name: name in have)
+    monkeypatch.setattr(trt_runtime, "_torch_has_cuda", lambda: False)
+    monkeypatch.setattr(trt_runtime, "cuda_device_count", lambda: 1)
+    assert tensorrt_available()
+    assert available_backends()[0] == "tensorrt"  # auto: the fastest first where it is usable
+    monkeypatch.setattr(trt_runtime, "cuda_device_count", lambda: 0)
+    assert not tensorrt_available() and "tensorrt" not in available_backends()
+    monkeypatch.setattr(trt_runtime, "cuda_device_count", lambda: 1)
+    have.discard("cupy")  # no way to hold device buffers
+    assert not tensorrt_available()
+    monkeypatch.setattr(trt_runtime, "_torch_has_cuda", lambda: True)
+    assert tensorrt_available()
+    have.discard("tensorrt")
+    assert not tensorrt_available()
+
+
+@pytest.mark.skipif(ON_GPU, reason="a GPU is usable here")
+def test_auto_still_prefers_onnxruntime_without_a_gpu():
+    if trt_runtime._importable("onnxruntime"):
+        assert available_backends()[0] == "onnxruntime"
+
+
+def test_asking_what_is_available_imports_neither_torch_nor_tensorrt(cache_dir):
+    code = ("import sys; from musebridge.engine.backends import available_backends; "
+            "from musebridge.engine.trt_runtime import tensorrt_available; "
+            "available_backends(); tensorrt_available(); "
+            "bad = [m for m in ('torch', 'tensorrt', 'cupy') if m in sys.modules]; assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "MUSEBRIDGE_CACHE_DIR": str(cache_dir)})
+    assert r.returncode == 0, r.stderr
+
+
+# --- a stand-in TensorRT: ONNX Runtime behind TensorRT's calls, on host memory -----------------------------
+MAGIC = b"FAKETRT1"
+
+
+def _at(address: int, shape: tuple, dtype) -> np.ndarray:
+    """The numpy view of `shape` x `dtype` at a raw address (host memory: torch CPU tensors)."""
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    buf = (ctypes.c_byte * (count * dtype.itemsize)).from_address(address)
+    return np.frombuffer(buf, dtype, count).reshape(shape)
+
+
+class _Engine:
+    def __init__(self, fake, header: dict, model: bytes):
+        import onnx
+        import onnxruntime as ort
+
+        self.fake, self.header = fake, header
+        graph = onnx.load_from_string(model).graph
+        self.dims = {v.name: trt_runtime._dims(v) for v in list(graph.input) + list(graph.output)}
+        self.names = [v.name for v in graph.input] + [v.name for v in graph.output]
+        self.inputs = {v.name for v in graph.input}
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        self.session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        types_ = {i.name: i.type for i in self.session.get_inputs() + self.session.get_outputs()}
+        self.dtypes = {n: {"tensor(int64)": "int64", "tensor(float)": "float32", "tensor(float16)": "float16"}[t]
+                       for n, t in types_.items()}
+
+    num_io_tensors = property(lambda self: len(self.names))
+
+    def get_tensor_name(self, i):
+        return self.names[i]
+
+    def get_tensor_mode(self, name):
+        return "in" if name in self.inputs else "out"
+
+    def get_tensor_dtype(self, name):
+        return self.dtypes[name]
+
+    def get_tensor_shape(self, name):
+        return tuple(d if isinstance(d, int) and d > 0 else -1 for d in self.dims[name])
+
+    def is_shape_inference_io(self, name):
+        return False
+
+    def create_execution_context(self):
+        return _Context(self)
+
+
+class _Context:
+    def __init__(self, engine: _Engine):
+        self.engine, self.shapes, self.addresses = engine, {}, {}
+
+    def set_input_shape(self, name, shape):
+        lo, _, hi = self.engine.header["profile"][name]
+        if len(shape) != len(lo) or any(not a <= s <= b for a, s, b in zip(lo, shape, hi)):
+            return False
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def set_tensor_address(self, name, address):
+        self.addresses[name] = int(address)
+        return True
+
+    def _shape(self, name):
+        shape = self.engine.get_tensor_shape(name)
+        return self.shapes[name] if -1 in shape else shape
+
+    def execute_async_v3(self, stream):
+        e = self.engine
+        assert set(self.addresses) == set(e.names), "every tensor needs an address"
+        assert self.addresses["cache"] != self.addresses["cache_out"], "the cache must not alias its output"
+        feeds = {n: _at(self.addresses[n], self._shape(n), e.dtypes[n]).copy() for n in e.inputs}
+        logits, cache_out = e.session.run(["logits", "cache_out"], feeds)
+        assert cache_out.shape == feeds["cache"].shape
+        _at(self.addresses["logits"], logits.shape, np.float32)[...] = logits
+        _at(self.addresses["cache_out"], cache_out.shape, e.dtypes["cache_out"])[...] = cache_out
+        e.fake.runs += 1
+        return True
+
+
+def _fake_tensorrt() -> types.ModuleType:
+    fake = types.ModuleType("tensorrt")
+    fake.__version__ = "10.99-fake"
+    fake.builds, fake.runs, fake.parse_errors, fake.networks = 0, 0, [], []
+
+    class ILogger:
+        Severity = types.SimpleNamespace(INTERNAL_ERROR=0, ERROR=1, WARNING=2, INFO=3, VERBOSE=4)
+
+        def __init__(self):
+            pass
+
+    class Runtime:
+        def __init__(self, logger):
+            self.logger = logger
+
+        def deserialize_cuda_engine(self, data):
+            if not data.startswith(MAGIC):
+                self.logger.log(ILogger.Severity.ERROR, "fake: not an engine\nsecond line")
+                return None
+            size = int.from_bytes(data[8:16], "little")
+            return _Engine(fake, json.loads(data[16 : 16 + size]), data[16 + size :])
+
+    class Network:
+        def __init__(self, flags):
+            self.flags, self.model = flags, None
+            fake.networks.append(self)
+
+    class Parser:
+        def __init__(self, network, logger):
+            self.network = network
+            self.num_errors = 0
+
+        def parse_from_file(self, path):
+            if fake.parse_errors:
+                self.num_errors = len(fake.parse_errors)
+                return False
+            self.network.model = open(path, "rb").read()
+            return True
+
+        def get_error(self, i):
+            return types.SimpleNamespace(desc=lambda: fake.parse_errors[i], node_operator=lambda: "ScatterND")
+
+    class Profile:
+        def __init__(self):
+            self.shapes = {}
+
+        def set_shape(self, name, lo, opt, hi):
+            self.shapes[name] = [list(lo), list(opt), list(hi)]
+
+    class Config:
+        def __init__(self):
+            self.flags, self.profiles = set(), []
+
+        def set_flag(self, flag):
+            self.flags.add(flag)
+
+        def add_optimization_profile(self, profile):
+            self.profiles.append(profile)
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        create_network = staticmethod(Network)
+        create_builder_config = staticmethod(Config)
+        create_optimization_profile = staticmethod(Profile)
+
+        def build_serialized_network(self, network, config):
+            fake.builds += 1
+            header = json.dumps({"profile": config.profiles[0].shapes, "flags": network.flags,
+                                 "fp16": "FP16" in config.flags}).encode()
+            return MAGIC + len(header).to_bytes(8, "little") + header + network.model
+
+    fake.ILogger, fake.Runtime, fake.Builder, fake.OnnxParser = ILogger, Runtime, Builder, Parser
+    fake.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=5)
+    fake.BuilderFlag = types.SimpleNamespace(FP16="FP16")
+    fake.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
+    fake.nptype = lambda t: np.dtype(t).type
+    return fake
+
+
+@pytest.fixture
+def fake_trt(monkeypatch, tmp_path):
+    """The stand-in TensorRT, torch CPU tensors for "device" buffers, and a cache of this test's own."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")
+    fake = _fake_tensorrt()
+    fake.cache_dir = tmp_path / "cache"
+    monkeypatch.setenv("MUSEBRIDGE_CACHE_DIR", str(fake.cache_dir))
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(trt_runtime, "tensorrt_available", lambda: True)
+    monkeypatch.setattr(trt_runtime, "device_memory", lambda: trt_runtime.TorchMemory("cpu"))
+    monkeypatch.setattr(trt_runtime, "_STATE", {})
+    return fake
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A random 2-layer model (window 16, context 512) saved with fp16 weights, as models ship."""
+    torch = pytest.importorskip("torch")
+    from musebridge.engine.checkpoint import save_model
+    from musebridge.engine.model import ModelConfig, MuseModel
+    from musebridge.engine.vocab import Vocabulary
+
+    vocab = Vocabulary()
+    torch.manual_seed(0)
+    model = MuseModel(ModelConfig(vocab_size=len(vocab), n_layer=2, n_head=4, d_model=64, window=16, context=512))
+    with torch.no_grad():  # lean towards notes, and logits of a size where the bounds mean something
+        model.tok.weight.mul_(5.0)
+        model.tok.weight[vocab.note_token_mask(offs=False)] += 0.5
+    folder = tmp_path_factory.mktemp("tiny")
+    save_model(folder, model, vocab, half=True)
+    return folder
+
+
+def _tokens(vocab, n: int, seed: int = 0) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return [vocab.wait(1)] + [int(t) for t in rng.integers(0, len(vocab), n - 1)]
+
+
+def _drive(ref, rt, toks) -> float:
+    """Prefill, appends of many sizes, steps, and steps through a slide; the worst |Δlogits|."""
+    worst = np.abs(ref.prefill(toks[:100]) - rt.prefill(toks[:100])).max()
+    at = 100
+    for n in (1, 7, 40, 3, 150, 16, 17, 90):
+        worst = max(worst, np.abs(ref.append(toks[at : at + n]) - rt.append(toks[at : at + n])).max())
+        at += n
+    for t in toks[at : at + 90]:  # the context (512) fills at 512: both slide and re-prefill
+        worst = max(worst, np.abs(ref.step(t) - rt.step(t)).max())
+    assert rt.position == ref.position and rt.slides == ref.slides == 1
+    return float(worst)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_runtime_bookkeeping_matches_onnxruntime(fake_trt, tiny, dtype):
+    ref, rt = open_runtime(tiny, "onnxruntime", dtype=dtype), open_runtime(tiny, "tensorrt", dtype=dtype)
+    assert rt.name == "tensorrt" and fake_trt.builds == 2
+    worst = _drive(ref, rt, _tokens(rt.vocab, 700))
+    assert worst <= 1e-5, worst  # the same graph on the same ORT: only the cache handling differs
+    strongly = [n.flags == 1 << 5 for n in fake_trt.networks]
+    assert all(strongly)  # fp16 graphs keep their own types; fp32 graphs with fp16=False too
+
+
+def test_the_cache_ping_pongs_between_two_buffers(fake_trt, tiny):
+    rt = open_runtime(tiny, "tensorrt")
+    a, b = (rt.engines.mem.ptr(c) for c in rt.caches)
+    logits_ptr = rt.engines.mem.ptr(rt._logits)
+    assert a != b and rt.caches[0].dtype.is_floating_point and str(rt.caches[0].dtype) == "torch.float16"
+    rt.prefill(_tokens(rt.vocab, 50))
+    for i, t in enumerate(_tokens(rt.vocab, 20, seed=2)):
+        before = rt.position
+        rt.step(t) if i % 5 else rt.append([t, t])
+        now = tuple(rt.engines.mem.ptr(c) for c in rt.caches)
+        assert set(now) == {a, b} and rt.engines.mem.ptr(rt._logits) == logits_ptr  # nothing reallocated
+        cur = rt.caches[0].numpy()
+        assert np.abs(cur[:, :, 0, :, before].astype(np.float32)).sum() > 0  # the new row is in the current one
+        assert not cur[:, :, 0, :, rt.position :].any()
+    runs = fake_trt.runs
+    assert runs == 21
+
+
+def test_fork_rewind_and_reset_match_onnxruntime(fake_trt, tiny):
+    outs = []
+    for backend in ("onnxruntime", "tensorrt"):
+        rt = open_runtime(tiny, backend, dtype="fp32")
+        toks = _tokens(rt.vocab, 200, seed=4)
+        first = rt.prefill(toks[:150])
+        mark = rt.mark()
+        a = rt.append(toks[150:160])
+        assert rt.rewind(mark) and np.allclose(rt.append(toks[150:160]), a, atol=1e-6)
+        many = rt.fork(3)
+        assert many.batch == 3 and many.name == backend and many.position == rt.position
+        outs.append([first] + [many.step([5, 9, 5]) for _ in range(3)] + [many.append([7, 8])])
+        assert np.allclose(outs[-1][-1][0], outs[-1][-1][2], atol=1e-6)
+        rt.reset()
+        assert np.allclose(rt.prefill(toks[:150]), first, atol=1e-6)
+    for x, y in zip(*outs):
+        assert np.abs(x - y).max() <= 1e-5
+
+
+def test_engines_are_cached_reused_and_rebuilt_when_damaged(fake_trt, tiny):
+    cache_dir = fake_trt.cache_dir
+    rt = open_runtime(tiny, "tensorrt")
+    paths = rt.engines.paths
+    assert fake_trt.builds == 2 and sorted(rt.engines.built) == ["chunk", "step"]
+    assert all(p.parent == cache_dir / "tensorrt" and p.suffix == ".engine" and p.is_file() for p in paths.values())
+    assert paths["step"] != paths["chunk"]
+    assert not list((cache_dir / "tensorrt").glob("*.tmp"))  # written by rename, no leftovers
+    want = rt.prefill([1, 2, 3])
+    again = open_runtime(tiny, "tensorrt")
+    assert fake_trt.builds == 2 and again.engines.built == [] and again.engines.paths == paths
+    paths["chunk"].write_bytes(b"half an engine")
+    mended = open_runtime(tiny, "tensorrt")
+    assert fake_trt.builds == 3 and mended.engines.built == ["chunk"]
+    assert paths["chunk"].read_bytes().startswith(MAGIC)
+    assert np.allclose(mended.prefill([1, 2, 3]), want)
+
+
+def test_a_damaged_cached_graph_is_rebuilt(fake_trt, tiny):
+    graph_paths(tiny, "fp16")["chunk"].write_bytes(b"not a graph")
+    rt = open_runtime(tiny, "tensorrt")
+    assert rt.prefill([1, 2, 3]).shape == (1, len(rt.vocab))
+
+
+def test_batches_past_the_profile_and_parser_errors_are_one_line(fake_trt, tiny):
+    with pytest.raises(BackendError) as e:
+        open_runtime(tiny, "tensorrt", batch=MAX_BATCH + 1)
+    assert str(MAX_BATCH) in _one_line(e)
+    rt = open_runtime(tiny, "tensorrt")
+    rt.prefill([1, 2])
+    assert rt.fork(MAX_BATCH).batch == MAX_BATCH
+    with pytest.raises(BackendError):
+        rt.fork(MAX_BATCH + 1)
+    with pytest.raises(BackendError) as e:
+        open_runtime(tiny, "tensorrt", dtype="int8")
+    assert "fp16" in _one_line(e)
+    with pytest.raises(BackendError) as e:
+        open_runtime(tiny, "tensorrt", device="cpu")
+    assert "GPU" in _one_line(e)
+    fake_trt.parse_errors[:] = ["Unsupported\nop", "and more"]
+    with pytest.raises(BackendError) as e:
+        trt_runtime.build_engine(graph_paths(tiny, "fp16")["step"], trt_runtime.engine_root() / "x.engine")
+    assert "ScatterND: Unsupported op" in _one_line(e)
+
+
+def test_auto_picks_tensorrt_where_it_is_usable(fake_trt, tiny):
+    assert available_backends()[0] == "tensorrt"
+    assert open_runtime(tiny).name == "tensorrt"
+
+
+# --- the real thing: TensorRT on an NVIDIA GPU -----------------------------------------------------------
+@gpu
+def test_gpu_auto_picks_tensorrt():
+    assert available_backends()[0] == "tensorrt"
+
+
+@gpu
+def test_gpu_fp16_logits_match_torch_through_prefill_appends_steps_and_a_slide(tiny):
+    ref, rt = open_runtime(tiny, "torch"), open_runtime(tiny, "tensorrt")
+    assert rt.engines.mem.library in ("torch", "cupy")
+    worst = _drive(ref, rt, _tokens(rt.vocab, 700))
+    assert worst <= 1e-2, worst
+
+
+@gpu
+def test_gpu_fork_and_rewind(tiny):
+    rt = open_runtime(tiny, "tensorrt")
+    toks = _tokens(rt.vocab, 200, seed=3)
+    rt.prefill(toks[:120])
+    mark = rt.mark()
+    a = rt.append(toks[120:130])
+    assert rt.rewind(mark) and np.abs(rt.append(toks[120:130]) - a).max() <= 1e-3
+    many = rt.fork(3)
+    b = many.step([toks[130], toks[131], toks[130]])
+    one = rt.step(toks[130])
+    assert np.abs(b[0] - one[0]).max() <= 1e-2 and np.abs(b[2] - one[0]).max() <= 1e-2
+    assert np.abs(b[0] - b[2]).max() <= 1e-3
+
+
+@gpu
+def test_gpu_engines_are_cached_reused_and_rebuilt_when_corrupt(tiny, monkeypatch):
+    first = open_runtime(tiny, "tensorrt")
+    paths = first.engines.paths
+    assert all(p.is_file() and p.parent == engine_root() for p in paths.values())
+    stamps = {k: p.stat().st_mtime_ns for k, p in paths.items()}
+    want = first.prefill([1, 2, 3])
+
+    def no_build(*a, **k):
+        raise AssertionError("rebuilt an engine that was cached")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(trt_runtime, "build_engine", no_build)
+        again = open_runtime(tiny, "tensorrt")
+    assert again.engines.built == [] and {k: p.stat().st_mtime_ns for k, p in paths.items()} == stamps
+    paths["step"].write_bytes(b"\x00corrupt engine" * 64)
+    mended = open_runtime(tiny, "tensorrt")
+    assert mended.engines.built == ["step"]
+    assert np.abs(mended.prefill([1, 2, 3]) - want).max() <= 1e-3
+    assert np.isfinite(mended.step(4)).all()
