@@ -2,7 +2,12 @@
 
 A window starts at a random point of a piece picked by style-rebalanced weight and
 runs on through the split's stream (short folk tunes pack several to a window, each
-with its own prefix). Feature rows come from the whole stream, computed once, so a
+with its own prefix). A window cut mid-piece starts with its piece's prefix (start,
+style, instruments), as MuseNet's samples do, so the model learns to follow the
+conditioning it is given at generation time -- without that, the style and instrument
+tokens are seen only at the rare window that crosses a piece's first token (measured:
+the shipped model trained so put the same instruments after every style token).
+Feature rows come from the whole stream, computed once, so a
 window cut mid-piece still knows its beat phase. Part and countdown are withheld from
 a share of windows (`structure_dropout`) so the model also works when the length of
 what it generates is unknown -- as in a live jam.
@@ -17,6 +22,7 @@ from musebridge.errors import DataError
 from .augment import random_transpose, scale_velocity
 from .dataset import TokenShards
 from .features import UNKNOWN, add_structure, features
+from .vocab import INSTRUMENT, STYLE
 
 
 class WindowSampler:
@@ -32,9 +38,11 @@ class WindowSampler:
         self.offsets = np.array([p["offset"] for p in pieces], np.int64)
         self.lengths = np.array([p["tokens"] for p in pieces], np.int64)
         self.weights = shards.style_weights(split, style_power)
+        self.prefix_len = np.array([_prefix_len(self.tokens, int(o), int(n), self.vocab)
+                                    for o, n in zip(self.offsets, self.lengths)], np.int64)
 
     def batch(self, size: int, rng: np.random.Generator, augment: bool = True, max_transpose: int = 6,
-              structure_dropout: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+              structure_dropout: float = 0.5, prefix_share: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """(tokens [B, T+1], feats [B, T+1, 5]): inputs are [:, :-1], targets [:, 1:]."""
         t = self.length + 1
         n = len(self.tokens)
@@ -43,17 +51,31 @@ class WindowSampler:
         feats[..., 3:] = UNKNOWN
         picks = rng.choice(len(self.offsets), size=size, p=self.weights)
         for row, i in enumerate(picks):
-            start = int(self.offsets[i] + rng.integers(0, max(int(self.lengths[i]) - 1, 1)))
-            end = min(start + t, n)
-            w = self.tokens[start:end].astype(np.int64)
+            off, k = int(self.offsets[i]), int(self.prefix_len[i])
+            start = int(off + rng.integers(0, max(int(self.lengths[i]) - 1, 1)))
+            if start < off + k:  # inside the prefix: from the piece's first token
+                start = off
+            head = np.arange(off, off + k) if start > off and rng.random() < prefix_share else np.arange(0)
+            end = min(start + t - len(head), n)
+            idx = np.concatenate([head, np.arange(start, end)])  # stream positions of the window's tokens
+            w = self.tokens[idx].astype(np.int64)
             if augment:
                 w = random_transpose(w, self.vocab, rng, max_transpose)
                 w = scale_velocity(w, self.vocab, float(rng.uniform(0.8, 1.2)))
             toks[row, : len(w)] = w
-            feats[row, : len(w)] = self.feats[start:end]
+            feats[row, : len(w)] = self.feats[idx]
             if rng.random() >= structure_dropout:
-                pos = np.arange(start, end)
-                pi = np.searchsorted(self.offsets, pos, side="right") - 1
+                pi = np.searchsorted(self.offsets, idx, side="right") - 1
                 sub = feats[row, : len(w)]
-                add_structure(sub, pos - self.offsets[pi], self.lengths[pi])
+                add_structure(sub, idx - self.offsets[pi], self.lengths[pi])
         return toks, feats
+
+
+def _prefix_len(tokens: np.ndarray, offset: int, length: int, vocab) -> int:
+    """How many of a piece's first tokens are its prefix: start, style, instruments."""
+    if length == 0 or int(tokens[offset]) != vocab.start:
+        return 0
+    k = 1
+    while k < min(length, 32) and vocab.kind[int(tokens[offset + k])] in (STYLE, INSTRUMENT):
+        k += 1
+    return k

@@ -13,7 +13,7 @@ import numpy as np
 
 from .events import Event, Piece, Tempo, TimeSignature
 from .runtime import CachedRuntime
-from .sampling import Grammar, LogitShaper, SamplingControls
+from .sampling import NEG, Grammar, LogitShaper, SamplingControls
 from .tokenizer import StreamDecoder, StreamEncoder, decode_tokens, encode_events
 from .vocab import NOTE, WAIT, Vocabulary
 
@@ -72,7 +72,11 @@ def continue_rows(
             dec = decoders[r]
             recent[r] = [t for t in recent[r] if t > dec.time - window]
             rate = len(recent[r]) / window if dec.time >= window else None
-            tok = shaper.sample(logits[r], grammars[r], shaper.density_bias(rate), rngs[r])
+            row = logits[r]
+            if end_time != float("inf"):  # a clip of a set length: the model may not end it early
+                row = row.copy()
+                row[v.end] = NEG
+            tok = shaper.sample(row, grammars[r], shaper.density_bias(rate), rngs[r])
             if tok == v.end and end_time == float("inf"):
                 done[r] = True  # open-ended sampling (the critic's data): stop where the model stops
                 continue
@@ -123,6 +127,65 @@ def generate(
         raise ValueError(f"bars must be positive, got {bars}")
     wanted = set(prompt.families) | {f for f, s in controls.strengths.items() if s > 0.5}
     families = sorted((f for f in wanted if controls.strengths.get(f, 0.5) > 0), key=lambda f: v.family_index.get(f, 99))
+    # no seed asked: draw one, so every clip still records the seed that recalls it
+    base = controls.seed if controls.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+    seeds = [base + i for i in range(variations)]
+    if not prompt.notes and not prompt.tempos and not prompt.time_signatures:
+        # from silence: every training piece states its tempo and metre first; so do we
+        prompt = Piece(tempos=[Tempo(0.0, 120.0)], time_signatures=[TimeSignature(0.0, 4, 4)], style=prompt.style)
+    if families or prompt.notes:
+        return _continue(runtime, prompt, bars, controls, style, families, seeds, max_tokens)
+    # from silence with no instrument asked for: the model names the band, per variation
+    muted = {f for f, s in controls.strengths.items() if s <= 0}
+    bands: dict[tuple[str, ...], list[int]] = {}
+    for seed in seeds:
+        bands.setdefault(tuple(choose_instruments(runtime, style, seed, muted)), []).append(seed)
+    out = {}
+    for band, group in bands.items():
+        for c in _continue(runtime, prompt, bars, controls, style, list(band), group, max_tokens):
+            out[c.seed] = c
+    return [out[s] for s in seeds]
+
+
+def choose_instruments(runtime: CachedRuntime, style: str | None, seed: int, muted: set[str] = frozenset()) -> list[str]:
+    """The instrument set the model itself puts after the style token, sampled with `seed`.
+
+    Every training piece starts with its style and its sorted instrument tokens; a prefix
+    with none is something the model never saw, and it answers by playing a few notes on
+    every family. Here it picks at least one family (never a muted one), in id order, and
+    stops when the rest of its probability (the body's first token) wins.
+    """
+    v = runtime.vocab
+    rng = np.random.default_rng([seed, 1])  # its own stream: the notes still sample from `seed`
+    ids = {v.instrument(f): f for f in v.family_index}
+    toks = StreamEncoder(v).prefix(style, [])
+    logits = runtime.prefill(toks)[0]
+    chosen: list[str] = []
+    while True:
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        after = max((v.instrument(f) for f in chosen), default=-1)
+        options = [t for t in ids if t > after and ids[t] not in muted]
+        weights = [float(p[t]) for t in options]
+        if chosen:  # stopping: whatever is not an instrument token
+            options.append(-1)
+            weights.append(max(0.0, 1.0 - float(p[list(ids)].sum())))
+        if not options or sum(weights) <= 0:
+            break
+        w = np.array(weights) / sum(weights)
+        pick = int(options[rng.choice(len(options), p=w)])
+        if pick < 0:
+            break
+        chosen.append(ids[pick])
+        logits = runtime.step([pick])[0]
+    return chosen
+
+
+def _continue(runtime: CachedRuntime, prompt: Piece, bars: float, controls: SamplingControls, style: str | None,
+              families: list[str], seeds: list[int], max_tokens: int | None) -> list[Continuation]:
+    """One continuation per seed of `prompt` with this instrument prefix (forked when several)."""
+    v = runtime.vocab
+    variations = len(seeds)
     toks = prompt_tokens(prompt, v, style, families)
     beats = bars * beats_per_bar(prompt)
     bpm = prompt.tempos[-1].bpm if prompt.tempos else 120.0
@@ -137,9 +200,6 @@ def generate(
     if variations > 1:
         rt = runtime.fork(variations)
         logits = np.repeat(logits, variations, axis=0)
-    # no seed asked: draw one, so every clip still records the seed that recalls it
-    base = controls.seed if controls.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
-    seeds = [base + i for i in range(variations)]
     rows = continue_rows(rt, logits, shaper, [grammar.copy() for _ in range(variations)], end_time, max_tokens, seeds)
     tempos = [Tempo(0.0, prompt.tempos[-1].bpm)] if prompt.tempos else []
     last_ts = prompt.time_signatures[-1] if prompt.time_signatures else None
@@ -152,5 +212,6 @@ def generate(
         piece.style = style
         if v.config.time_mode == "beats":
             piece.tempos, piece.time_signatures = list(tempos), list(sigs)
-        out.append(Continuation(row, events, piece, seed, {"prompt_tokens": len(toks), "bars": bars}))
+        out.append(Continuation(row, events, piece, seed, {"prompt_tokens": len(toks), "bars": bars,
+                                                           "instruments": list(families)}))
     return out

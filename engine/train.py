@@ -54,10 +54,24 @@ class TrainConfig:
     structure_dropout: float = 0.5
     mixup: float = 0.0  # alpha of MuseNet's embedding mixup; 0 = off
     model_overrides: dict = field(default_factory=dict)
+    init: str | None = None  # start from this model folder's weights (fine-tuning), not random
+    prefix_share: float = 0.9  # windows cut mid-piece that start with their piece's prefix
 
 
 class TrainError(MuseBridgeError):
     pass
+
+
+def _init_from(model, folder: str | Path, vocab, mcfg: ModelConfig) -> None:
+    """Copy a model folder's weights into a fresh model of the same shape (fine-tuning)."""
+    from .checkpoint import load_model
+
+    src, src_vocab, _ = load_model(folder)
+    if src_vocab != vocab:
+        raise TrainError(f"--init {folder} uses another vocabulary than the data; rebuild the data or train from scratch")
+    if getattr(src, "cfg", None) != mcfg:
+        raise TrainError(f"--init {folder} has another shape than --config; pick the config it was trained with")
+    model.load_state_dict({k: v.float() for k, v in src.state_dict().items()})
 
 
 def build_model(arch: str, mcfg: ModelConfig):
@@ -181,6 +195,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, log: Callable[[di
         meta = load_state(run, model, opt)
         start_step, best = meta["step"], meta.get("best_val", best)
         rng = np.random.default_rng([cfg.seed + 1000 * rank, start_step])
+    elif cfg.init:
+        _init_from(model, cfg.init, vocab, mcfg)
     net = model
     if ddp:
         from torch.nn.parallel import DistributedDataParallel
@@ -189,7 +205,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, log: Callable[[di
     train_s = WindowSampler(shards, "train", cfg.seq_len, cfg.style_power)
     val_s = WindowSampler(shards, "val", cfg.seq_len, cfg.style_power)
     vrng = np.random.default_rng(12345)  # the same validation windows every time
-    val_batches = [val_s.batch(cfg.batch_size, vrng, augment=False, structure_dropout=0.0) for _ in range(cfg.eval_batches)]
+    val_batches = [val_s.batch(cfg.batch_size, vrng, augment=False, structure_dropout=0.0, prefix_share=cfg.prefix_share)
+                   for _ in range(cfg.eval_batches)]
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
     logf = (run / "log.jsonl").open("a") if master else None
 
@@ -225,11 +242,13 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, log: Callable[[di
         lr = lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
-        b = train_s.batch(cfg.batch_size, rng, cfg.augment, transpose_at(step, cfg), cfg.structure_dropout)
+        b = train_s.batch(cfg.batch_size, rng, cfg.augment, transpose_at(step, cfg), cfg.structure_dropout,
+                          cfg.prefix_share)
         toks, feats = to_dev(b)
         mix = None
         if cfg.mixup > 0:
-            b2 = train_s.batch(cfg.batch_size, rng, cfg.augment, transpose_at(step, cfg), cfg.structure_dropout)
+            b2 = train_s.batch(cfg.batch_size, rng, cfg.augment, transpose_at(step, cfg), cfg.structure_dropout,
+                               cfg.prefix_share)
             mix = (*to_dev(b2), float(rng.beta(cfg.mixup, cfg.mixup)))
         with amp:
             loss = loss_fn(net if mix is None else model, toks, feats, vocab.pad, mix)

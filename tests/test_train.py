@@ -15,7 +15,8 @@ from musebridge.engine.data_build import build  # noqa: E402
 from musebridge.engine.dataset import TokenShards  # noqa: E402
 from musebridge.engine.evaluate import evaluate  # noqa: E402
 from musebridge.engine.features import FeatureTracker, UNKNOWN  # noqa: E402
-from musebridge.engine.train import TrainConfig, train  # noqa: E402
+from musebridge.engine.train import TrainConfig, TrainError, train  # noqa: E402
+from musebridge.engine.vocab import INSTRUMENT, STYLE  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,35 @@ def test_windows_carry_stream_features(data):
     assert (s.feats[:, :3] == full[:, :3]).all()
     _, feats = s.batch(8, np.random.default_rng(0), augment=False, structure_dropout=0.0)
     assert (feats[..., 3] < UNKNOWN).all() and (feats[..., 4] < UNKNOWN).all()
+
+
+def test_windows_cut_mid_piece_start_with_their_pieces_prefix(data):
+    shards = TokenShards(data)
+    v = shards.vocab
+    s = WindowSampler(shards, "train", 64)
+    assert (s.prefix_len >= 3).all()  # start, style, at least one instrument
+    toks, feats = s.batch(16, np.random.default_rng(1), augment=False, structure_dropout=1.0, prefix_share=1.0)
+    stream = np.asarray(shards.tokens("train"))
+    for row, f in zip(toks, feats):
+        assert row[0] == v.start and v.kind[row[1]] == STYLE and v.kind[row[2]] == INSTRUMENT
+        k = 2 + int(np.argmax(v.kind[row[2:]] != INSTRUMENT))  # start, style, instruments
+        body = row[k:]
+        body = body[body != v.pad]
+        # the rest is one contiguous run of the stream (with its own features, not the prefix's)
+        at = next(i for i in range(len(stream) - len(body) + 1) if (stream[i:i + len(body)] == body).all())
+        assert (f[k:k + len(body), :3] == s.feats[at:at + len(body), :3]).all()
+    plain, _ = s.batch(16, np.random.default_rng(1), augment=False, structure_dropout=1.0, prefix_share=0.0)
+    assert (plain[:, 0] == v.start).sum() < 16  # without it, most windows start mid-piece
+
+
+def test_init_fine_tunes_from_a_model_folder(data, tmp_path):
+    train(data, tmp_path / "a", _cfg(steps=2))
+    src, _, _ = load_model(tmp_path / "a" / "model")
+    train(data, tmp_path / "b", _cfg(steps=1, eval_every=1, lr=1e-9, warmup=0, init=str(tmp_path / "a" / "model")))
+    tuned, _, _ = load_model(tmp_path / "b" / "model")
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(src.state_dict().values(), tuned.state_dict().values()))
+    with pytest.raises(TrainError, match="another shape"):
+        train(data, tmp_path / "c", _cfg(steps=1, init=str(tmp_path / "a" / "model"), model="small"))
 
 
 def test_train_resume_and_load(data, tmp_path):
