@@ -325,6 +325,41 @@ class _Port:
         return f"{type(self).__name__}({how} {self.name!r}, {state})"
 
 
+class ArrivalClock:
+    """perf_counter times for incoming messages from the driver's own delta times.
+
+    rtmidi stamps each message with the time since the previous one, taken by the MIDI
+    driver (JACK: its process cycle; ALSA: the sequencer queue; CoreMIDI: the packet). A
+    polling thread that wakes late on a busy machine would otherwise date a message late
+    by as much as it slept. The deltas are summed into the driver's timeline, which is
+    tied to perf_counter by the least-delayed poll seen (the smallest poll - driver
+    offset). That offset creeps up by `CREEP` seconds a second, faster than any clock
+    slew, so driver clock drift and a driver that reports no deltas at all fall back to
+    the poll time; a stamp is never later than the poll, nor more than `MAX_AGE` earlier.
+    """
+
+    CREEP = 0.001
+    MAX_AGE = 0.02
+
+    def __init__(self) -> None:
+        self.driver = 0.0  # seconds on the driver's timeline since the first message
+        self.offset: float | None = None  # perf_counter - driver time, least delay seen
+        self._last = 0.0
+
+    def stamp(self, delta: float, now: float) -> float:
+        self.driver += max(float(delta), 0.0) if delta == delta else 0.0  # NaN: no delta
+        lag = now - self.driver
+        if self.offset is None:
+            self.offset = lag
+        else:
+            self.offset = min(lag, self.offset + self.CREEP * max(now - self._last, 0.0))
+        self._last = now
+        t = self.driver + self.offset
+        if now - t > self.MAX_AGE:  # the driver's times went astray: trust the poll
+            self.offset, t = lag, now
+        return t
+
+
 class MidiInput(_Port):
     """A MIDI input: messages arrive as (bytes, perf_counter time).
 
@@ -334,8 +369,11 @@ class MidiInput(_Port):
     closed another JACK client while holding the GIL (seen: CI hung in client open/close).
     With `callback`, it is called as `callback(msg, t)` on the polling thread (return
     quickly); otherwise messages queue up for
-    `receive`, `poll` and `iter_pending`. Sysex and active sensing are filtered; clock
-    and transport come through. Malformed messages are dropped and counted in `dropped`.
+    `receive`, `poll` and `iter_pending`. Times come from the driver's stamps
+    (`ArrivalClock`), not from when the poll woke. Active sensing is ignored; sysex and
+    malformed messages are dropped and counted in `dropped`; clock and transport come
+    through. (rtmidi filters nothing itself: a message it skipped would leave a gap in
+    the driver's delta times.)
     """
 
     kind = "input"
@@ -349,6 +387,7 @@ class MidiInput(_Port):
         self.callback_errors = 0
         self.last_error: str | None = None
         self._queue: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self._arrivals = ArrivalClock()
         self._polling = threading.Event()
         super().__init__(port, virtual, api, client_name)
         self._polling.set()
@@ -356,7 +395,7 @@ class MidiInput(_Port):
         self._poller.start()
 
     def _configure(self) -> None:
-        self._rt.ignore_types(sysex=True, timing=False, active_sense=True)
+        self._rt.ignore_types(sysex=False, timing=False, active_sense=False)
 
     def _poll_loop(self) -> None:
         while self._polling.is_set():
@@ -381,7 +420,9 @@ class MidiInput(_Port):
         super().close()
 
     def _on_message(self, event: tuple[list[int], float], _data: object = None) -> None:
-        t = time.perf_counter()  # first thing: arrival time
+        t = self._arrivals.stamp(event[1], time.perf_counter())  # first thing, for every message
+        if event[0][:1] == [0xFE]:
+            return  # active sensing: a keep-alive, not music
         msg = sanitize(event[0], self.dropped)
         if msg is None:
             return

@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 
+import numpy as np
 import pytest
 import rtmidi
 from click.testing import CliRunner
@@ -39,6 +40,42 @@ def drain(inp: MidiInput, n: int, timeout: float = 5.0) -> list[tuple[bytes, flo
     time.sleep(0.05)
     got += list(inp.iter_pending())  # anything extra (duplicates) shows up too
     return got
+
+
+# --- arrival times from the driver's stamps (no server needed) ---------------------------------------
+
+
+def _arrivals(true_times, poll_delays, driver_rate=1.0, deltas=True):
+    from musebridge.bridge.ports import ArrivalClock
+
+    clock, out, prev = ArrivalClock(), [], None
+    for t, d in zip(true_times, poll_delays):
+        delta = 0.0 if prev is None or not deltas else (t - prev) * driver_rate
+        prev = t
+        out.append(clock.stamp(delta, t + d))
+    return np.array(out)
+
+
+def test_arrival_times_see_through_a_late_polling_thread():
+    rng = np.random.default_rng(0)
+    true = np.cumsum(rng.uniform(0.01, 0.05, 500)) + 100.0  # a message every 10-50 ms
+    delay = rng.exponential(0.002, 500) + (rng.random(500) < 0.05) * rng.uniform(0.005, 0.015, 500)
+    got = _arrivals(true, delay)
+    err = got[20:] - true[20:]
+    assert np.abs(err).max() < 0.002 and np.median(np.abs(err)) < 0.5 * np.median(delay)  # better than the poll
+    assert (got <= true + delay + 1e-12).all()  # never later than the poll
+
+
+def test_arrival_times_follow_a_drifting_driver_clock_and_survive_missing_deltas():
+    rng = np.random.default_rng(1)
+    true = np.cumsum(rng.uniform(0.01, 0.03, 3000))  # a minute of messages
+    delay = rng.exponential(0.001, 3000)
+    for rate in (0.9995, 1.0005):  # the driver's clock 500 ppm slow or fast
+        err = _arrivals(true, delay, driver_rate=rate) - true
+        assert np.abs(err).max() < 0.004
+    poll = true + delay  # a driver that gives no deltas: the poll time, within MAX_AGE
+    got = _arrivals(true, delay, deltas=False)
+    assert (got <= poll + 1e-12).all() and (poll - got).max() <= 0.02 + 1e-9
 
 
 # --- choosing the API (no server needed) -----------------------------------------------------------
