@@ -11,6 +11,12 @@ dtypes: `fp32` (fp32 math; fp16 weights stay fp16 on disk behind a Cast that ORT
 at load, so the file is as small as the model and the numbers are the same), `fp16`
 (fp16 math and cache: for GPUs) and `int8` (dynamic int8 weights for the matmuls and
 the output head, ORT's quantize_dynamic; fp32 cache).
+
+Attention: the fp32 and int8 step graphs compute it with ONNX's fused `Attention` op
+(`attention="fused"`, faster on ONNX Runtime's CPU: docs/PERFORMANCE.md "Fused attention");
+fp16 graphs, made for GPUs (ORT CUDA, TensorRT) where that was not measured, keep the
+MatMul/Softmax spelling (`"matmul"`). Pass `attention=` to choose; a non-default choice is
+cached in its own subfolder `<hash>/<attention>/`.
 """
 
 from __future__ import annotations
@@ -25,10 +31,11 @@ import numpy as np
 
 from musebridge.errors import MuseBridgeError
 
-from .graph import KINDS, GraphConfig, build_graph
+from .graph import ATTENTIONS, KINDS, GraphConfig, build_graph
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: fused Attention op in the fp32/int8 step graphs
 DTYPES = ("fp32", "fp16", "int8")
+DEFAULT_ATTENTION = {"fp32": "fused", "fp16": "matmul", "int8": "fused"}
 
 
 class GraphFileError(MuseBridgeError):
@@ -122,23 +129,33 @@ def _check_dtype(dtype: str) -> None:
         raise GraphFileError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
 
 
-def build_models(folder: str | Path | None, dtype: str = "fp32") -> dict:
-    """{kind: onnx.ModelProto} for a model folder (int8: the fp32 graphs, ready for quantization)."""
+def resolve_attention(dtype: str, attention: str | None = None) -> str:
+    """The step graph's attention spelling: `attention`, else the default of `dtype`."""
     _check_dtype(dtype)
+    attention = attention or DEFAULT_ATTENTION[dtype]
+    if attention not in ATTENTIONS:
+        raise GraphFileError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTIONS)}")
+    return attention
+
+
+def build_models(folder: str | Path | None, dtype: str = "fp32", attention: str | None = None) -> dict:
+    """{kind: onnx.ModelProto} for a model folder (int8: the fp32 graphs, ready for quantization)."""
+    attention = resolve_attention(dtype, attention)
     cfg, weights = read_weights(folder)
     if dtype == "int8":  # the quantizer wants plain fp32 initializers under the matmuls
         weights = {k: v.astype(np.float32) for k, v in weights.items()}
     compute = "fp16" if dtype == "fp16" else "fp32"
-    return {kind: build_graph(cfg, weights, kind, compute) for kind in KINDS}
+    return {kind: build_graph(cfg, weights, kind, compute, attention) for kind in KINDS}
 
 
-def write_graphs(folder: str | Path | None, out_dir: str | Path, dtype: str = "fp32") -> dict[str, Path]:
+def write_graphs(folder: str | Path | None, out_dir: str | Path, dtype: str = "fp32",
+                 attention: str | None = None) -> dict[str, Path]:
     """Build and write `out_dir/{step,chunk}-<dtype>.onnx`, each atomically (no reader sees half a file)."""
     import onnx
 
     out_dir = Path(out_dir)
     paths = {}
-    for kind, model in build_models(folder, dtype).items():
+    for kind, model in build_models(folder, dtype, attention).items():
         path = paths[kind] = out_dir / f"{kind}-{dtype}.onnx"
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -169,25 +186,31 @@ def _quantize(model, out: str) -> None:
                      extra_options={"MatMulConstBOnly": True})
 
 
-def graph_paths(folder: str | Path | None = None, dtype: str = "fp32", rebuild: bool = False) -> dict[str, Path]:
-    """{kind: path} of a model folder's cached graphs, built on first use."""
-    _check_dtype(dtype)
+def graph_paths(folder: str | Path | None = None, dtype: str = "fp32", rebuild: bool = False,
+                attention: str | None = None) -> dict[str, Path]:
+    """{kind: path} of a model folder's cached graphs, built on first use (`attention`: see the module doc)."""
+    chosen = resolve_attention(dtype, attention)
     out = cache_root() / model_hash(folder)
+    if chosen != DEFAULT_ATTENTION[dtype]:
+        out = out / chosen
     paths = {kind: out / f"{kind}-{dtype}.onnx" for kind in KINDS}
     if rebuild or not all(p.exists() for p in paths.values()):
-        paths = write_graphs(folder, out, dtype)
+        paths = write_graphs(folder, out, dtype, chosen)
         info = {"builder_version": BUILDER_VERSION, "model": str(model_folder(folder))}
         (out / "source.json").write_text(json.dumps(info, indent=1) + "\n")
     return paths
 
 
-def export(folder: str | Path | None, out_dir: str | Path, dtype: str = "fp32") -> dict[str, Path]:
+def export(folder: str | Path | None, out_dir: str | Path, dtype: str = "fp32",
+           attention: str | None = None) -> dict[str, Path]:
     """Write `out_dir/{step,chunk}-<dtype>.onnx` and `out_dir/export.json` (what they are, how to feed them)."""
     folder = model_folder(folder)
     cfg = read_config(folder)
-    paths = write_graphs(folder, out_dir, dtype)
+    attention = resolve_attention(dtype, attention)
+    paths = write_graphs(folder, out_dir, dtype, attention)
     info = {
         "model": str(folder), "model_hash": model_hash(folder), "dtype": dtype, "builder_version": BUILDER_VERSION,
+        "step_attention": attention,
         "graphs": {k: p.name for k, p in paths.items()},
         "graph_kinds": {"step": "n = 1 (one token per row)", "chunk": "any n >= 1 (prompt chunks, appends)"},
         "inputs": {"tokens": "[B,n] int64", "feats": "[B,n,5] int64 (phase, beat, chord, part, countdown)",

@@ -20,6 +20,13 @@ What keeps them fast (shared/notes/decode-on-this-cpu.md):
   `cache` and writes the graph output `cache_out`. Bind both to one buffer (IOBinding)
   and ORT's ScatterND skips its copy: the update is in place.
 
+Attention in the step graph, two spellings (`attention=`): "matmul" (MatMul -> Add(bias) ->
+Softmax -> MatMul over all heads, both head groups' rows padded to one count) or "fused":
+ONNX's `Attention` op (opset 23), two calls per layer -- local heads over their W keys,
+strided heads over their S keys, each group gathered without padding, the gathered rows fed
+as `past_key`/`past_value` and the new token as K/V. The chunk graph always uses the MatMul
+spelling (its strided heads read different rows per query).
+
 The math is `MuseModel.forward_cached` (engine/model.py); tests/test_onnx.py holds the
 graphs to it.
 """
@@ -32,6 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 
 OPSET = 20  # Gelu(approximate="tanh") is opset 20
+FUSED_OPSET = 23  # the fused `Attention` op is opset 23
+ATTENTIONS = ("matmul", "fused")
 KINDS = ("step", "chunk")
 
 
@@ -197,7 +206,7 @@ def _flat_offsets(g: _Builder, cfg: GraphConfig, b1: str) -> tuple[str, str]:
 def _scatter(g: _Builder, cfg: GraphConfig, kvs: list[str], b_idx: str, pos_col: str) -> None:
     """The one cache write: updates [B,2L,H,n,D] (k0,v0,k1,...) at (l, kv, b, h, pos)."""
     L, H = cfg.n_layer, cfg.n_head
-    upd = g.op("Concat", *kvs, axis=1, name="kv_new")
+    upd = g.op("Concat", *kvs, axis=1, name="kv_new") if len(kvs) > 1 else kvs[0]
     lkh = np.zeros((1, 2 * L, H, 1, 5), np.int64)
     lkh[..., 0] = (np.arange(2 * L) // 2)[:, None, None]
     lkh[..., 1] = (np.arange(2 * L) % 2)[:, None, None]
@@ -208,7 +217,7 @@ def _scatter(g: _Builder, cfg: GraphConfig, kvs: list[str], b_idx: str, pos_col:
     g.nodes.append(g.h.make_node("ScatterND", ["cache", idx, upd], ["cache_out"], name="cache_write"))
 
 
-def _finish(g: _Builder, cfg: GraphConfig, kind: str):
+def _finish(g: _Builder, cfg: GraphConfig, kind: str, opset: int = OPSET):
     cache_dims = [cfg.n_layer, 2, "batch", cfg.n_head, cfg.context, cfg.head_dim]
     n = 1 if kind == "step" else "n"
     vi = g.h.make_tensor_value_info
@@ -219,13 +228,15 @@ def _finish(g: _Builder, cfg: GraphConfig, kind: str):
         outputs=[vi("logits", g.tp.FLOAT, ["batch", cfg.vocab_size]), vi("cache_out", g.tdt, cache_dims)],
         initializer=g.inits,
     )
-    model = g.h.make_model(graph, opset_imports=[g.h.make_opsetid("", OPSET)], producer_name="musebridge")
+    model = g.h.make_model(graph, opset_imports=[g.h.make_opsetid("", opset)], producer_name="musebridge")
     model.ir_version = 10
     return model
 
 
 # --- the step graph: one new token per row --------------------------------------------------------
-def _step(g: _Builder, cfg: GraphConfig):
+def _step(g: _Builder, cfg: GraphConfig, attention: str = "matmul"):
+    if attention == "fused":
+        return _step_fused(g, cfg)
     L, H, hl, d, D, C, W, S = (cfg.n_layer, cfg.n_head, cfg.local_heads, cfg.d_model, cfg.head_dim, cfg.context,
                                cfg.window, cfg.strided_rows)
     R = max(W - 1, S - 1)  # cache rows per head: local heads W-1, strided heads S-1 (both padded to R)
@@ -264,6 +275,57 @@ def _step(g: _Builder, cfg: GraphConfig):
     _head(g, cfg, x, tok_t)
     _scatter(g, cfg, kvs, b_idx, g.op("Reshape", "start", g.i64("one1", [1, 1])))
     return _finish(g, cfg, "step")
+
+
+def _step_fused(g: _Builder, cfg: GraphConfig):
+    """The step graph with each layer's attention in ONNX's fused `Attention` op (opset 23), two
+    calls per layer: local heads over their W keys, strided heads over their S keys. Each head group
+    has its own Gather of exactly its rows (no padding of the strided heads' S-1 rows to W-1)."""
+    L, H, hl, d, D, C, W, S = (cfg.n_layer, cfg.n_head, cfg.local_heads, cfg.d_model, cfg.head_dim, cfg.context,
+                               cfg.window, cfg.strided_rows)
+    hs = H - hl
+    b1 = g.op("Slice", g.op("Shape", "tokens"), g.i64("c0", [0]), g.i64("c1", [1]))
+    zero = g.i64("zero", 0)
+    rows_l = g.op("Add", "start", g.i64("rel_l1", [np.arange(W - 1) - (W - 1)]))  # [1,W-1]
+    rows_s = g.op("Sub", "start", g.i64("rel_s1", [np.arange(S - 1, 0, -1) * W]))  # [1,S-1], oldest first
+    t1 = g.const("self_ok1", np.ones((1, 1), bool))  # the new token is the last key
+    mask_l = g.op("Concat", g.op("GreaterOrEqual", rows_l, zero), t1, axis=1)  # [1,W]: Attention wants 2-4 dims
+    mask_s = g.op("Concat", g.op("GreaterOrEqual", rows_s, zero), t1, axis=1)  # [1,S]
+    f0, ninf = g.const("f0", np.array(0, g.fdt)), g.const("ninf", np.array(-np.inf, g.fdt))
+    mask_l = g.op("Where", mask_l, f0, ninf, name="bias_local")
+    mask_s = g.op("Where", mask_s, f0, ninf, name="bias_strided")
+    lkb, b_idx = _flat_offsets(g, cfg, b1)  # [B,2L,1,1]
+    flat = g.op("Reshape", "cache", g.i64("flat", [-1, D]), name="cache_flat")  # free: an alias of the input
+    hrow_l = g.op("Add", g.i64("hl_off", (np.arange(hl) * C)[:, None]), g.op("Max", rows_l, zero))  # [hl,W-1]
+    hrow_s = g.op("Add", g.i64("hs_off", (np.arange(hl, H) * C)[:, None]), g.op("Max", rows_s, zero))  # [hs,S-1]
+    # indices [B,2L·h,R]: the Gather gives [B,2L·h,R,D] and its Split the [B,h,R,D] the fused op takes
+    idx_l = g.op("Reshape", g.op("Add", lkb, hrow_l), g.i64("b_lhl", [-1, 2 * L * hl, W - 1]))
+    idx_s = g.op("Reshape", g.op("Add", lkb, hrow_s), g.i64("b_lhs", [-1, 2 * L * hs, S - 1]))
+    old_l = g.op("Split", g.op("Gather", flat, idx_l, name="old_local"), axis=1, num_outputs=2 * L, outs=2 * L)
+    old_s = g.op("Split", g.op("Gather", flat, idx_s, name="old_strided"), axis=1, num_outputs=2 * L, outs=2 * L)
+    cos, sin = _rope(g, cfg, "start")  # [3,1,2,D/2]
+    x, tok_t = _embed(g, cfg)
+    heads6 = g.i64("heads6", [hl, hs] * 3)
+    kvs = []
+    for l in range(L):
+        p = f"blocks.{l}."
+        qkv = _qkv(g, cfg, x, p, cos, sin, g.i64("qkv_step", [-1, 3, H, 2, D // 2]))
+        qkv = g.op("Reshape", qkv, g.i64("b3h1d", [-1, 3 * H, 1, D]))
+        q_l, q_s, k_l, k_s, v_l, v_s = g.op("Split", qkv, heads6, axis=1, outs=6)  # [B,h,1,D]
+        kvs += [k_l, k_s, v_l, v_s]
+        # past = the gathered rows, (k, v) = the new token's: the op attends over [past, new] under the mask
+        # (q comes pre-scaled by 1/sqrt(D)); its present_key/value outputs are needed by ORT, unused here
+        y_l = g.op("Attention", q_l, k_l, v_l, mask_l, old_l[2 * l], old_l[2 * l + 1], scale=1.0, outs=3,
+                   name=f"attn_local_{l}")[0]  # [B,hl,1,D]
+        y_s = g.op("Attention", q_s, k_s, v_s, mask_s, old_s[2 * l], old_s[2 * l + 1], scale=1.0, outs=3,
+                   name=f"attn_strided_{l}")[0]  # [B,hs,1,D]
+        y = g.op("Reshape", g.op("Concat", y_l, y_s, axis=1), g.i64("b1d", [-1, 1, d]))
+        x = g.op("Add", x, g.op("MatMul", y, g.weight(p + "proj", g.w(p + "attn.proj.weight").T)))
+        x = _mlp(g, x, p)
+    _head(g, cfg, x, tok_t)
+    kv = g.op("Reshape", g.op("Concat", *kvs, axis=1), g.i64("b2lh1d", [-1, 2 * L, H, 1, D]), name="kv_new")
+    _scatter(g, cfg, [kv], b_idx, g.op("Reshape", "start", g.i64("one1", [1, 1])))
+    return _finish(g, cfg, "step", opset=FUSED_OPSET)
 
 
 # --- the chunk graph: n >= 1 new tokens per row ---------------------------------------------------
@@ -335,14 +397,19 @@ def _chunk(g: _Builder, cfg: GraphConfig):
     return _finish(g, cfg, "chunk")
 
 
-def build_graph(cfg: GraphConfig, weights: dict[str, np.ndarray], kind: str = "chunk", compute: str = "fp32"):
+def build_graph(cfg: GraphConfig, weights: dict[str, np.ndarray], kind: str = "chunk", compute: str = "fp32",
+                attention: str = "matmul"):
     """The onnx.ModelProto of one graph.
 
     `weights`: the safetensors state as numpy (fp16 or fp32; the head is tied to `tok`).
     `kind`: "step" (n = 1) or "chunk" (any n). `compute`: "fp32" (fp16 weights stay fp16 on
     disk behind a Cast) or "fp16" (fp16 math and cache, for GPUs; logits stay float32).
+    `attention`: the step graph's spelling, "matmul" or "fused" (module doc; the chunk graph
+    ignores it). build.py picks the default per dtype.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, not {attention!r}")
     g = _Builder(weights, compute)
-    return _step(g, cfg) if kind == "step" else _chunk(g, cfg)
+    return _step(g, cfg, attention) if kind == "step" else _chunk(g, cfg)

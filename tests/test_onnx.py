@@ -269,3 +269,38 @@ def test_generate_command_takes_a_backend(tiny, tmp_path, capsys):
         assert read_metadata(out)["backend"] == backend
         lines[backend] = capsys.readouterr().out.split(":", 1)[1]
     assert lines["torch"] == lines["onnxruntime"]  # same notes, same seed
+
+
+def test_fused_and_matmul_attention_give_the_same_logits(tiny):
+    """The step graph's two attention spellings: ONNX's fused `Attention` op (two calls per layer,
+    local and strided heads) and MatMul/Softmax. Same logits from the first position on, past
+    many strided rows, through a slide and on forked rows; the fused graph really has the op."""
+    import onnx
+
+    from musebridge.engine.checkpoint import load_vocab
+    from musebridge.engine.ort_runtime import OrtRuntime, load_graphs
+    from musebridge.onnx_export.build import DEFAULT_ATTENTION
+
+    assert DEFAULT_ATTENTION["fp32"] == "fused"  # the faster one on ONNX Runtime's CPU (docs/PERFORMANCE.md)
+    vocab = load_vocab(tiny)
+    rts = {}
+    for attention in ("fused", "matmul"):
+        paths = graph_paths(tiny, attention=attention)
+        ops = [n.op_type for n in onnx.load(str(paths["step"])).graph.node]
+        if attention == "fused":
+            assert ops.count("Attention") == 2 * 2 and "Softmax" not in ops  # 2 layers, local + strided
+        else:
+            assert "Attention" not in ops and ops.count("Softmax") == 2
+        rts[attention] = OrtRuntime(load_graphs(paths, threads=1), vocab)
+    assert graph_paths(tiny) == graph_paths(tiny, attention="fused")  # the default
+    fused, matmul = rts["fused"], rts["matmul"]
+    toks = _tokens(vocab, 620, seed=6)
+    worst = max(np.abs(fused.step(t) - matmul.step(t)).max() for t in toks[:40])  # step graph from position 0
+    worst = max(worst, np.abs(fused.append(toks[40:300]) - matmul.append(toks[40:300])).max())
+    for t in toks[300:560]:  # fills the context (512): both slide
+        worst = max(worst, np.abs(fused.step(t) - matmul.step(t)).max())
+    assert fused.slides == matmul.slides == 1 and fused.position == matmul.position
+    f2, m2 = fused.fork(2), matmul.fork(2)
+    for a, b in zip(toks[560:600], toks[580:620]):
+        worst = max(worst, np.abs(f2.step([a, b]) - m2.step([a, b])).max())
+    assert worst <= 1e-4, worst
