@@ -43,14 +43,13 @@ import functools
 import hashlib
 import importlib.util
 import os
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from musebridge.onnx_export.build import GraphFileError, cache_root
+from musebridge.onnx_export.build import GraphFileError, cache_root, write_atomic
 
 from .backends import INSTALL, BackendError
 from .runtime import CachedRuntime
@@ -413,19 +412,7 @@ def _parser_errors(parser) -> str:
 
 def _write_atomic(path: Path, blob) -> None:
     """Temp file + rename: a reader (another process opening the model) never sees half an engine."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError as e:
-        raise BackendError(f"cannot write {path} ({e.strerror or e}); check the cache folder is writable") from None
+    write_atomic(path, lambda tmp: Path(tmp).write_bytes(bytes(blob)), BackendError)
 
 
 def build_engine(onnx_path: str | Path, out_path: str | Path, fp16: bool = True, max_batch: int = MAX_BATCH,

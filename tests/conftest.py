@@ -26,6 +26,15 @@ except ImportError:
     pass
 
 
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """Graphs and engines a module builds go to a cache of its own, never the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("cache")
+        mp.setenv("MUSEBRIDGE_CACHE_DIR", str(path))
+        yield path
+
+
 def write_test_midi(path: Path, tpb: int = 96) -> list[tuple[int, int, int, float, float, int]]:
     """A small multi-track file: piano chords, a bass line, strings with sustain pedal,
     drums on channel 10, a tempo change and a 3/4 bar. Returns the notes it holds as

@@ -24,12 +24,9 @@ BACKENDS = ["torch", "onnxruntime"]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cache_dir(tmp_path_factory):
-    """Built graphs go to a temporary cache, never the user's."""
-    with pytest.MonkeyPatch.context() as mp:
-        path = tmp_path_factory.mktemp("cache")
-        mp.setenv("MUSEBRIDGE_CACHE_DIR", str(path))
-        yield path
+def _own_cache(cache_dir):
+    """Built graphs go to a temporary cache (conftest's `cache_dir`)."""
+    return cache_dir
 
 
 @pytest.fixture(scope="module")

@@ -39,12 +39,9 @@ gpu = pytest.mark.skipif(not ON_GPU, reason="needs TensorRT and an NVIDIA GPU")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cache_dir(tmp_path_factory):
-    """Graphs and engines go to a temporary cache, never the user's."""
-    with pytest.MonkeyPatch.context() as mp:
-        path = tmp_path_factory.mktemp("cache")
-        mp.setenv("MUSEBRIDGE_CACHE_DIR", str(path))
-        yield path
+def _own_cache(cache_dir):
+    """Built graphs and engines go to a temporary cache (conftest's `cache_dir`)."""
+    return cache_dir
 
 
 def _one_line(excinfo) -> str:
