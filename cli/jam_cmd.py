@@ -6,6 +6,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 import click
 
@@ -42,9 +43,11 @@ from .errors import MuseBridgeError
               help="Send this much early (output latency; default: estimated from the MIDI clock's arrival spread).")
 @click.option("--log-json", is_flag=True, help="One JSON object per line on stdout (ready, phrase_end, answer_start, ...).")
 @click.option("--duration", type=float, default=0.0, help="Stop after this many seconds (0: until Ctrl-C).")
+@click.option("--save", "save_dir", type=click.Path(file_okay=False), default=None,
+              help="Write every answer to this folder as a .mid (with its seed and settings).")
 def jam(in_port, out_port, api, mode, bars, bpm, beats_per_bar, clock, backend, model_dir, style, strengths, temperature,
         top_p, seed, channel, in_family, quantize, silence, trigger_note, trigger_cc, answer_on, lookahead, latency_ms,
-        log_json, duration) -> None:
+        log_json, duration, save_dir) -> None:
     """Play along with the model on MIDI ports, following the DAW's clock."""
     from musebridge.bridge.config import JamConfig
     from musebridge.bridge.session import JamSession, json_listener
@@ -64,6 +67,8 @@ def jam(in_port, out_port, api, mode, bars, bpm, beats_per_bar, clock, backend, 
                     trigger_note=trigger_note, trigger_cc=trigger_cc, answer_on=answer_on, lookahead_beats=lookahead,
                     latency_ms=latency_ms)
     listener = json_listener(sys.stdout) if log_json else _human_listener
+    if save_dir:
+        listener = _saving(listener, Path(save_dir), lambda: session, beats_per_bar, model_dir, log_json)
     session = JamSession(cfg, listener=listener)
     done = threading.Event()
 
@@ -84,6 +89,35 @@ def jam(in_port, out_port, api, mode, bars, bpm, beats_per_bar, clock, backend, 
         session.stop()
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _saving(listener, folder: Path, session_of, beats_per_bar: int, model: str | None, quiet: bool):
+    """`listener`, plus: each finished answer written to `folder` as a .mid, off the jam's
+    worker thread. Names start with the time, so a second jam never overwrites the first."""
+    from musebridge.bridge.clips import clip_from_answer
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MuseBridgeError(f"cannot use --save {folder} ({e.strerror or e}); choose a folder you can write") from None
+
+    def write(rec: dict) -> None:
+        try:
+            clip = clip_from_answer(rec, beats_per_bar, model=model)
+            path = clip.export(folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{clip.file_name()}")
+            if not quiet:
+                click.echo(f"saved {path}", err=True)
+        except Exception as e:  # a full disk must not stop the music: say it, go on
+            click.echo(f"error: could not save answer {rec.get('tag')} to {folder} ({e})", err=True)
+
+    def on_event(rec: dict) -> None:
+        listener(rec)
+        if rec.get("event") == "answer_end":
+            answer = next((h for h in reversed(session_of().history) if h.get("tag") == rec.get("tag")), None)
+            if answer is not None:
+                threading.Thread(target=write, args=(answer,), name="musebridge-save", daemon=False).start()
+
+    return on_event
 
 
 def _stdin_commands(session, done: threading.Event) -> None:

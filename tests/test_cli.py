@@ -74,3 +74,32 @@ def test_generate_command_writes_valid_clips(tmp_path):
         assert r.returncode == 2 and what in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
     r = run("generate", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.mid"))
     assert r.returncode == 2 and "not found" in r.stderr
+
+
+def test_jam_save_writes_each_finished_answer_with_its_settings(tmp_path):
+    """`musebridge jam --save DIR`: an answer the session finished lands in DIR as a .mid."""
+    import time
+    from types import SimpleNamespace
+
+    from musebridge.engine.events import NoteOff, NoteOn
+    from musebridge.engine.midi_file import read_metadata, read_midi
+    from musebridge.jam_cmd import _saving
+
+    answer = {"tag": 3, "start": 16.0, "bars": 1, "bpm": 100.0, "style": "pop",
+              "controls": {"seed": 11, "temperature": 0.9, "top_p": 0.95, "strengths": {"drums": 0.0}},
+              "events": [NoteOn(16.0, "piano", 60, 90), NoteOn(16.5, "bass", 36, 80), NoteOff(17.0, "piano", 60),
+                         NoteOff(18.0, "bass", 36)]}
+    seen = []
+    session = SimpleNamespace(history=[answer])
+    on_event = _saving(seen.append, tmp_path / "takes", lambda: session, 4, None, quiet=True)
+    on_event({"event": "answer_end", "tag": 3})
+    deadline = time.monotonic() + 5
+    while not list((tmp_path / "takes").glob("*.mid")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    files = list((tmp_path / "takes").glob("*.mid"))
+    assert seen == [{"event": "answer_end", "tag": 3}] and len(files) == 1 and "seed11" in files[0].name
+    piece = read_midi(files[0])
+    assert sorted((n.family, n.pitch, n.start, n.duration) for n in piece.notes) == [("bass", 36, 0.5, 1.5),
+                                                                                     ("piano", 60, 0.0, 1.0)]
+    meta = read_metadata(files[0])
+    assert meta["seed"] == 11 and meta["style"] == "pop" and meta["strengths"] == {"drums": 0.0}
