@@ -218,19 +218,40 @@ class LogitShaper:
 
 
 def sample_logits(x: np.ndarray, top_k: int, top_p: float, rng: np.random.Generator) -> int:
-    """Sample from (already tempered and masked) logits with top-k then top-p."""
+    """Sample from (already tempered and masked) logits with top-k then top-p.
+
+    Sampling runs once per token beside a decode step of well under a millisecond, so
+    it must not sort the whole vocabulary: the nucleus is found among the few most likely
+    tokens (an O(V) partition, then a sort of those), widened only when they hold less
+    than `top_p`. One uniform draw picks the token (inverse CDF over ids), so a seed gives
+    the same token on every runtime.
+    """
     if top_k and top_k < len(x):
         kth = np.partition(x, -top_k)[-top_k]
         x = np.where(x >= kth, x, -np.inf)
-    x = x - x.max()
-    p = np.exp(x)
+    p = np.exp(x - x.max())
     p[x < NEG / 2] = 0.0
     p /= p.sum()
     if top_p < 1.0:
-        order = np.argsort(-p)
+        order = np.arange(len(p))
+        if NUCLEUS_FIRST < len(p):
+            order = np.argpartition(p, len(p) - NUCLEUS_FIRST)[len(p) - NUCLEUS_FIRST :]
+        order = order[np.argsort(-p[order])]
         cum = np.cumsum(p[order])
-        keep = order[: int(np.searchsorted(cum, top_p)) + 1]
-        q = np.zeros_like(p)
-        q[keep] = p[keep]
-        p = q / q.sum()
-    return int(rng.choice(len(p), p=p))
+        if cum[-1] < top_p:  # a flat distribution: the nucleus is wide, sort it all
+            order = np.argsort(-p)
+            cum = np.cumsum(p[order])
+        # drawn in id order, not probability order: two runtimes whose logits differ in the
+        # last digits would otherwise swap near-equal tokens and part ways on one seed
+        keep = np.sort(order[: int(np.searchsorted(cum, top_p)) + 1])
+        return int(keep[_draw(p[keep], rng)])
+    return _draw(p, rng)
+
+
+NUCLEUS_FIRST = 512  # tokens sorted first (measured: the shipped model's 0.95 nuclei hold 2-470)
+
+
+def _draw(weights: np.ndarray, rng: np.random.Generator) -> int:
+    """Index i with probability weights[i] / sum (one uniform draw)."""
+    cum = np.cumsum(weights, dtype=np.float64)
+    return int(min(np.searchsorted(cum, rng.random() * cum[-1], side="right"), len(weights) - 1))

@@ -185,3 +185,21 @@ def test_from_silence_the_model_names_the_band_and_a_seed_recalls_it(setup):
         assert t.piece.tempos and t.piece.time_signatures  # silence starts at 120 BPM in 4/4
     again = generate(rt, Piece(), bars=1, controls=SamplingControls(seed=takes[2].seed, strengths={"piano": 0.0}))[0]
     assert again.tokens == takes[2].tokens and again.info["instruments"] == takes[2].info["instruments"]
+
+
+@pytest.mark.parametrize("scale", [4.0, 0.2])  # a peaked distribution, and one whose nucleus is most of it
+def test_top_p_samples_exactly_the_nucleus_in_proportion(scale):
+    from musebridge.engine.sampling import sample_logits
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(2000) * scale
+    p = np.exp(x - x.max())
+    p /= p.sum()
+    order = np.argsort(-p)
+    keep = order[: int(np.searchsorted(np.cumsum(p[order]), 0.9)) + 1]
+    want = np.zeros_like(p)
+    want[keep] = p[keep] / p[keep].sum()
+    got = np.bincount([sample_logits(x, 0, 0.9, rng) for _ in range(30000)], minlength=len(p)) / 30000
+    assert got[want == 0].sum() == 0  # never outside the nucleus
+    top = keep[:20]
+    assert np.abs(got[top] - want[top]).max() < 4 * np.sqrt(want[top].max() / 30000) + 1e-3
