@@ -33,7 +33,9 @@ from .errors import MuseBridgeError
 @click.option("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default).")
 @click.option("--init", "init", type=click.Path(), default=None,
               help="Start from this model folder's weights (fine-tune) instead of random ones.")
-def train(data, model, arch, generator, samples, out, steps, batch_size, seq_len, lr, warmup, eval_every, save_every, max_minutes, mixup, no_augment, seed, threads, init) -> None:
+@click.option("--prefix-share", type=click.FloatRange(0, 1), default=0.9, show_default=True,
+              help="Share of windows cut mid-piece that start with their piece's style and instrument tokens.")
+def train(data, model, arch, generator, samples, out, steps, batch_size, seq_len, lr, warmup, eval_every, save_every, max_minutes, mixup, no_augment, seed, threads, init, prefix_share) -> None:
     """Train a model on built shards (torchrun for several GPUs)."""
     try:
         import torch
@@ -68,7 +70,7 @@ def train(data, model, arch, generator, samples, out, steps, batch_size, seq_len
         raise click.BadParameter(f"--lr must be positive, got {lr}")
     cfg = TrainConfig(model=model, arch=arch, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, min_lr=lr / 10, warmup=warmup,
                       eval_every=eval_every, save_every=save_every, max_minutes=max_minutes, mixup=mixup,
-                      augment=not no_augment, seed=seed, init=init)
+                      augment=not no_augment, seed=seed, init=init, prefix_share=prefix_share)
     import os
 
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 talks
