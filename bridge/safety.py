@@ -200,13 +200,19 @@ def _problem(msg: bytes | bytearray | list[int]) -> str | None:
 class EchoGuard:
     """Recognises our own notes coming back within `window_s` of sending them.
 
-    Each sent note-on/off may excuse one identical (channel, pitch, on/off) arrival; the
-    player striking the same key within 50 ms of the model is rare enough to accept.
+    Each sent note-on/off may excuse one identical (channel, pitch, on/off) arrival, but
+    only while there is a loop: `loop` follows how many of our notes came back (a moving
+    average, starting at 1 so a loop is caught from the first note). Without one, our
+    notes stop coming back, `loop` falls below `LOOP_ON` after a handful of notes, and a
+    player who doubles the model's note within the window is heard, not swallowed.
     Thread-safe: `sent` runs in the output thread, `is_echo` in the input callback.
     """
 
+    LOOP_ON = 0.3
+
     def __init__(self, window_s: float = 0.05):
         self.window_s = window_s
+        self.loop = 1.0
         self._lock = threading.Lock()
         self._sent: deque[tuple[float, tuple[int, int, bool]]] = deque()
 
@@ -230,9 +236,12 @@ class EchoGuard:
             for i, (_, k) in enumerate(self._sent):
                 if k == key:
                     del self._sent[i]
-                    return True
+                    looping = self.loop >= self.LOOP_ON
+                    self.loop = 0.75 * self.loop + 0.25  # it came back
+                    return looping
         return False
 
     def _expire(self, now: float) -> None:
         while self._sent and now - self._sent[0][0] > self.window_s:
             self._sent.popleft()
+            self.loop *= 0.75  # a note of ours that did not come back

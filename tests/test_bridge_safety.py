@@ -148,3 +148,15 @@ def test_echo_guard_excuses_each_sent_note_once_within_the_window():
     g.sent(bytes([0x91, 64, 100]), t=11.0)
     assert not g.is_echo(bytes([0x91, 64, 100]), t=11.06)  # too late: the player's own note
     assert not g.is_echo(bytes([0xF8]), t=11.0)
+
+
+def test_echo_guard_stands_down_without_a_loop_and_holds_with_one():
+    quiet = EchoGuard(window_s=0.05)  # nothing routes our output back to our input
+    for i in range(8):
+        quiet.sent(bytes([0x90, 50 + i, 100]), t=1.0 + 0.1 * i)  # none of these come back
+    quiet.sent(bytes([0x90, 60, 100]), t=2.0)
+    assert not quiet.is_echo(bytes([0x90, 60, 100]), t=2.01)  # the player doubling the model: heard
+    looped = EchoGuard(window_s=0.05)  # an IAC bus / DAW track sends everything back
+    for i in range(40):
+        looped.sent(bytes([0x90, 50 + i % 20, 100]), t=1.0 + 0.1 * i)
+        assert looped.is_echo(bytes([0x90, 50 + i % 20, 100]), t=1.003 + 0.1 * i)
