@@ -25,6 +25,7 @@ def tiny(tmp_path_factory):
     return folder
 
 
+@pytest.mark.xdist_group("exclusive")  # CPU-heavy: never beside the timing tests
 def test_bench_writes_every_metric_per_backend_and_says_what_it_skipped(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("MUSEBRIDGE_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "bench.json"

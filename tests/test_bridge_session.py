@@ -20,7 +20,9 @@ from musebridge.bridge.ports import MidiInput, MidiOutput
 from musebridge.bridge.session import JamSession
 from musebridge.engine.sampling import SamplingControls
 
-pytestmark = pytest.mark.usefixtures("jack_server")
+# timing is judged here: these share one xdist worker with the CPU-heavy tests (marked, like the
+# timing tests, see --dist loadgroup in pyproject.toml), so never beside a training job
+pytestmark = [pytest.mark.usefixtures("jack_server"), pytest.mark.xdist_group("exclusive")]
 torch = pytest.importorskip("torch")
 
 

@@ -115,6 +115,7 @@ def test_baselines_and_eval_table(data, tmp_path):
     assert rows[2].nats_per_token < rows[0].nats_per_token
 
 
+@pytest.mark.xdist_group("exclusive")  # CPU-heavy: never beside the timing tests
 def test_critic_and_style_classifier(tmp_path):
     from musebridge.engine.critic import inception_score, load_classifier, rank_by_critic, train_critic, train_style
 
@@ -147,6 +148,7 @@ def test_critic_and_style_classifier(tmp_path):
     assert inception_score(np.full((4, 2), 0.5)) == pytest.approx(1.0)
 
 
+@pytest.mark.xdist_group("exclusive")  # CPU-heavy: never beside the timing tests
 def test_eval_command_with_baselines_and_style_score(data, tmp_path):
     import subprocess
     import sys
@@ -167,6 +169,7 @@ def test_eval_command_with_baselines_and_style_score(data, tmp_path):
     assert res["style_score"]["tf"]["generated"] >= 1.0
 
 
+@pytest.mark.xdist_group("exclusive")  # CPU-heavy: never beside the timing tests
 def test_torchrun_ddp_two_processes(data, tmp_path):
     """The multi-GPU path, exercised on CPU with the gloo backend."""
     import os
