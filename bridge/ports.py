@@ -20,6 +20,7 @@ busy machine loses or duplicates events between clients (measured on 2 loaded co
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import shutil
@@ -347,7 +348,8 @@ class ArrivalClock:
         self._last = 0.0
 
     def stamp(self, delta: float, now: float) -> float:
-        self.driver += max(float(delta), 0.0) if delta == delta else 0.0  # NaN: no delta
+        if math.isfinite(delta) and delta > 0:  # a driver without stamps gives 0 (or nothing usable)
+            self.driver += delta
         lag = now - self.driver
         if self.offset is None:
             self.offset = lag

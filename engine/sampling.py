@@ -26,6 +26,7 @@ from .vocab import INSTRUMENT, NOTE, SPECIAL, STYLE, TEMPO, TIMESIG, Vocabulary
 # piano); 8 makes 1 mean "play it" (about half the notes) while 0.75 stays a nudge.
 STRENGTH_SCALE = 8.0
 NEG = -1e9  # a logit nothing can be sampled from (finite, so softmax never sees nan)
+NUCLEUS_FIRST = 512  # tokens sorted first for top-p (measured: the shipped model's 0.95 nuclei hold 2-470)
 
 SCALES = {
     "major": (0, 2, 4, 5, 7, 9, 11), "ionian": (0, 2, 4, 5, 7, 9, 11),
@@ -222,9 +223,9 @@ def sample_logits(x: np.ndarray, top_k: int, top_p: float, rng: np.random.Genera
 
     Sampling runs once per token beside a decode step of well under a millisecond, so
     it must not sort the whole vocabulary: the nucleus is found among the few most likely
-    tokens (an O(V) partition, then a sort of those), widened only when they hold less
-    than `top_p`. One uniform draw picks the token (inverse CDF over ids), so a seed gives
-    the same token on every runtime.
+    tokens (an O(V) partition, then a sort of `NUCLEUS_FIRST`); only a flat distribution
+    whose nucleus is wider than that sorts everything. One uniform draw picks the token
+    (inverse CDF over ids), so a seed gives the same token on every runtime.
     """
     if top_k and top_k < len(x):
         kth = np.partition(x, -top_k)[-top_k]
@@ -244,14 +245,11 @@ def sample_logits(x: np.ndarray, top_k: int, top_p: float, rng: np.random.Genera
         # drawn in id order, not probability order: two runtimes whose logits differ in the
         # last digits would otherwise swap near-equal tokens and part ways on one seed
         keep = np.sort(order[: int(np.searchsorted(cum, top_p)) + 1])
-        return int(keep[_draw(p[keep], rng)])
-    return _draw(p, rng)
+        return int(keep[draw(p[keep], rng)])
+    return draw(p, rng)
 
 
-NUCLEUS_FIRST = 512  # tokens sorted first (measured: the shipped model's 0.95 nuclei hold 2-470)
-
-
-def _draw(weights: np.ndarray, rng: np.random.Generator) -> int:
+def draw(weights: np.ndarray, rng: np.random.Generator) -> int:
     """Index i with probability weights[i] / sum (one uniform draw)."""
     cum = np.cumsum(weights, dtype=np.float64)
     return int(min(np.searchsorted(cum, rng.random() * cum[-1], side="right"), len(weights) - 1))
