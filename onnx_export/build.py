@@ -9,8 +9,8 @@ never meets a stale graph:
 
 dtypes: `fp32` (fp32 math; fp16 weights stay fp16 on disk behind a Cast that ORT folds
 at load, so the file is as small as the model and the numbers are the same), `fp16`
-(fp16 math and cache: for GPUs) and `int8` (dynamic int8 weights for the matmuls and
-the output head, ORT's quantize_dynamic; fp32 cache).
+(fp16 math and cache: for GPUs) and `int8` (dynamic 8-bit weights for the matmuls and
+the output head, ORT's quantize_dynamic with u8 weights: `INT8_OPTIONS`; fp32 cache).
 
 Attention: the fp32 and int8 step graphs compute it with ONNX's fused `Attention` op
 (`attention="fused"`, faster on ONNX Runtime's CPU: docs/PERFORMANCE.md "Fused attention");
@@ -33,9 +33,13 @@ from musebridge.errors import MuseBridgeError
 
 from .graph import ATTENTIONS, KINDS, GraphConfig, build_graph
 
-BUILDER_VERSION = 2  # 2: fused Attention op in the fp32/int8 step graphs
+BUILDER_VERSION = 3  # 2: fused Attention op in the fp32/int8 step graphs; 3: int8 with u8 weights (INT8_OPTIONS)
 DTYPES = ("fp32", "fp16", "int8")
 DEFAULT_ATTENTION = {"fp32": "fused", "fp16": "matmul", "int8": "fused"}
+# u8 weights: ORT multiplies them with the u8 activations exactly on every CPU. s8 weights (QInt8) go
+# through AVX2's vpmaddubsw on CPUs without VNNI, whose int16 pair sums saturate: logits 0.06-0.24 of
+# their range off there (docs/PERFORMANCE.md "int8"; python -m musebridge.onnx_export.int8_bench).
+INT8_OPTIONS = {"weight_type": "QUInt8", "per_channel": False, "reduce_range": False}
 
 
 class GraphFileError(MuseBridgeError):
@@ -180,14 +184,17 @@ def write_atomic(path: Path, write, error: type[MuseBridgeError] = GraphFileErro
         raise error(f"cannot write {path} ({e.strerror or e}); check the folder is writable") from None
 
 
-def _quantize(model, out: str) -> None:
+def _quantize(model, out: str, options: dict | None = None) -> None:
+    """Dynamic int8 MatMuls (weights quantized once, activations per call); `options`: quantize_dynamic's
+    per_channel / reduce_range / weight_type ("QInt8", "QUInt8"), default INT8_OPTIONS."""
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    opts = dict(INT8_OPTIONS if options is None else options)
+    opts["weight_type"] = QuantType[opts.get("weight_type", "QInt8")]
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer chats on the root logger
-    quantize_dynamic(model, out, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                     extra_options={"MatMulConstBOnly": True})
+    quantize_dynamic(model, out, op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True}, **opts)
 
 
 def graph_paths(folder: str | Path | None = None, dtype: str = "fp32", rebuild: bool = False,
