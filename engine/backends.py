@@ -1,14 +1,15 @@
 """Pick a decoder backend by name: every one is a `CachedRuntime` (prefill/append/step/fork).
 
-    auto         the fastest one available here, the first of `available_backends()`:
-                 tensorrt on a machine with an NVIDIA GPU and TensorRT (its first open builds
-                 the engines, a minute or so, then they are cached), else onnxruntime, else torch
+    auto         the first of AUTO available here: onnxruntime, else torch. Never tensorrt:
+                 no run of its engines on a GPU is recorded yet (docs/PERFORMANCE.md "GPU"),
+                 so it is opt-in, by name, until one is
     onnxruntime  engine/ort_runtime.py: the default on CPUs; graphs built from the weights on
                  first use (no torch needed); CUDA when onnxruntime-gpu is installed, and ORT's
                  own TensorRT provider with device="tensorrt"
     torch        engine/torch_runtime.py: the reference (and training machines)
-    tensorrt     engine/trt_runtime.py: fp16 engines built from the graphs with TensorRT's
-                 Python API, cached in the user's cache keyed by graph, GPU and TensorRT
+    tensorrt     engine/trt_runtime.py, opt-in: fp16 engines built from the graphs with TensorRT's
+                 Python API (the first open builds them, a minute or so), cached in the user's
+                 cache keyed by graph, GPU and TensorRT
                  version; needs an NVIDIA GPU, tensorrt, and torch (CUDA) or cupy for buffers
 """
 
@@ -22,6 +23,7 @@ from musebridge.errors import MuseBridgeError
 from .runtime import CachedRuntime
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
+AUTO = ("onnxruntime", "torch")  # what `auto` may pick, in order; tensorrt only by name (see the module doc)
 INSTALL = {
     "onnxruntime": "pip install onnxruntime onnx",
     "torch": "pip install torch==2.13.0 (the CPU build) and pip install -e '.[train]'",
@@ -39,20 +41,19 @@ def _importable(name: str) -> bool:
 
 
 def available_backends() -> list[str]:
-    """Backends usable on this machine, in the order `auto` prefers them: fastest first.
-
-    tensorrt leads where it is usable (an NVIDIA GPU with TensorRT: nothing here beats its
-    engines), so CPU machines get onnxruntime, then torch. Cheap, and it never imports torch.
+    """Backends usable on this machine: those `auto` may pick, in its order (AUTO), then tensorrt
+    where it is usable (an NVIDIA GPU with TensorRT), which runs only when asked for by name.
+    Cheap, and it never imports torch.
     """
     from .trt_runtime import tensorrt_available
 
     out = []
-    if tensorrt_available():
-        out.append("tensorrt")
     if _importable("onnxruntime") and _importable("onnx"):
         out.append("onnxruntime")
     if _importable("torch"):
         out.append("torch")
+    if tensorrt_available():
+        out.append("tensorrt")
     return out
 
 
@@ -62,9 +63,10 @@ def resolve_backend(backend: str = "auto") -> str:
         raise BackendError(f"unknown backend {backend!r}; choose auto, {', '.join(BACKENDS)}")
     have = available_backends()
     if backend == "auto":
-        if not have:
+        picks = [b for b in AUTO if b in have]
+        if not picks:
             raise BackendError(f"no decoder backend is installed: {INSTALL['onnxruntime']}")
-        return have[0]
+        return picks[0]
     if backend not in have:
         raise BackendError(f"the {backend} backend is not available here: {INSTALL[backend]}")
     return backend

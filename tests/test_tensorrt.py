@@ -27,7 +27,8 @@ import pytest
 pytest.importorskip("onnx")
 
 from musebridge.engine import trt_runtime  # noqa: E402
-from musebridge.engine.backends import BackendError, available_backends, open_runtime  # noqa: E402
+from musebridge.engine import backends  # noqa: E402
+from musebridge.engine.backends import BackendError, available_backends, open_runtime, resolve_backend  # noqa: E402
 from musebridge.engine.trt_runtime import (  # noqa: E402
     MAX_BATCH, GraphIO, engine_cache_key, engine_path, engine_root, io_layout, profile_shapes, read_graph_io,
     tensorrt_available)
@@ -198,7 +199,7 @@ def test_availability_needs_tensorrt_onnx_gpu_buffers_and_a_gpu(monkeypatch):
     monkeypatch.setattr(trt_runtime, "_torch_has_cuda", lambda: False)
     monkeypatch.setattr(trt_runtime, "cuda_device_count", lambda: 1)
     assert tensorrt_available()
-    assert available_backends()[0] == "tensorrt"  # auto: the fastest first where it is usable
+    assert available_backends()[-1] == "tensorrt"  # listed where usable, after what auto may pick
     monkeypatch.setattr(trt_runtime, "cuda_device_count", lambda: 0)
     assert not tensorrt_available() and "tensorrt" not in available_backends()
     monkeypatch.setattr(trt_runtime, "cuda_device_count", lambda: 1)
@@ -533,15 +534,26 @@ def test_batches_past_the_profile_and_parser_errors_are_one_line(fake_trt, tiny)
     assert "ScatterND: Unsupported op" in _one_line(e)
 
 
-def test_auto_picks_tensorrt_where_it_is_usable(fake_trt, tiny):
-    assert available_backends()[0] == "tensorrt"
-    assert open_runtime(tiny).name == "tensorrt"
+def test_auto_never_picks_tensorrt_even_where_it_is_usable(fake_trt, tiny, monkeypatch):
+    """TensorRT is opt-in until a run on a GPU is recorded (docs/PERFORMANCE.md "GPU"): usable here
+    (the stand-in), listed, opened by name, yet `auto` takes onnxruntime, else torch, else says so."""
+    assert available_backends() == ["onnxruntime", "torch", "tensorrt"]
+    assert resolve_backend("auto") == "onnxruntime" and open_runtime(tiny).name == "onnxruntime"
+    assert fake_trt.builds == 0  # not even an engine built behind auto's back
+    assert open_runtime(tiny, "tensorrt").name == "tensorrt" and fake_trt.builds == 2
+    monkeypatch.setattr(backends, "_importable", lambda name: name == "torch")  # no onnxruntime here
+    assert available_backends() == ["torch", "tensorrt"] and resolve_backend("auto") == "torch"
+    monkeypatch.setattr(backends, "_importable", lambda name: False)
+    assert available_backends() == ["tensorrt"]
+    with pytest.raises(BackendError) as e:
+        resolve_backend("auto")
+    assert "pip install onnxruntime" in _one_line(e)
 
 
 # --- the real thing: TensorRT on an NVIDIA GPU -----------------------------------------------------------
 @gpu
-def test_gpu_auto_picks_tensorrt():
-    assert available_backends()[0] == "tensorrt"
+def test_gpu_tensorrt_is_listed_and_still_opt_in():
+    assert "tensorrt" in available_backends() and resolve_backend("auto") != "tensorrt"
 
 
 @gpu
