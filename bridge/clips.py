@@ -33,6 +33,7 @@ class Clip:
     critic: float | None = None  # the critic's P(real), when ranked
     model: str | None = None
     best: bool = False  # the critic ranked it first among its variations
+    cancelled: bool = False  # a jam answer stopped early: the clip holds what of it sounded
 
     @property
     def seed(self) -> int | None:
@@ -48,7 +49,7 @@ class Clip:
         return {"seed": c.get("seed"), "temperature": c.get("temperature"), "top_k": c.get("top_k"),
                 "top_p": c.get("top_p"), "strengths": c.get("strengths") or {}, "key": c.get("key"),
                 "density": c.get("density"), "style": self.style, "bars": self.bars, "bpm": self.bpm,
-                "source": self.source, "model": self.model,
+                "source": self.source, "model": self.model, "cancelled": self.cancelled,
                 "critic_score": None if self.critic is None else round(float(self.critic), 4),
                 "song_beat": None if self.start is None else round(float(self.start), 4)}
 
@@ -84,4 +85,5 @@ def clip_from_answer(rec: dict, beats_per_bar: int, prompt: Piece | None = None,
                   name=f"MuseBridge answer {rec.get('tag')}").sorted()
     return Clip(label=f"#{rec.get('tag')}", piece=piece, bars=rec.get("bars", 2.0), bpm=rec.get("bpm", 120.0),
                 beats_per_bar=beats_per_bar, controls=dict(rec.get("controls") or {}), style=rec.get("style"),
-                source="answer", start=rec.get("start"), prompt=prompt, model=model)
+                source="answer", start=rec.get("start"), prompt=prompt, model=model,
+                cancelled=bool(rec.get("cancelled", False)))

@@ -177,6 +177,9 @@ class JamSession:
         if self.scheduler is not None:
             self.scheduler.stop()
             self._roll_released()
+            a = self._answer
+            if a is not None and (self._worker is None or not self._worker.is_alive()):
+                self._finish_answer(cancelled=self._song_beat() - self.origin < a["end"])
             # the releases are queued in the MIDI driver: give it a few periods to deliver
             # them before the port closes (JACK drops what is queued at close)
             time.sleep(0.05)
@@ -303,14 +306,14 @@ class JamSession:
             try:
                 if item is not None:
                     self._handle(*item)
-                    while True:  # drain what else arrived, in order
+                    while not self._stop.is_set():  # drain what else arrived, in order; stop wins
                         try:
                             self._handle(*self._queue.get_nowait())
                         except queue.Empty:
                             break
                 self._flush_input()
                 self._watch_ports()
-                if self.mode == "call":
+                if self.mode in ("call", "oneshot"):
                     self._call_tick()
                 elif self.mode == "accompany":
                     self._accompany_tick()
@@ -320,7 +323,11 @@ class JamSession:
                 if self.scheduler is not None:
                     self.scheduler.panic()
                     self._roll_released()
-                self._reset_after_cancel()
+                try:
+                    self._cancel_answer()  # with its answer_end: a take is never lost
+                except Exception:
+                    self._answer = None
+                    self._reset_after_cancel()
 
     def _watch_ports(self) -> None:
         """Every half second: is each port still there? A lost one is retried until it returns."""
@@ -543,6 +550,8 @@ class JamSession:
             self._finish_answer()
         if self._held:  # a key "held" past the longest note lost its note-off: let it go
             self._release_held(now, older_than=now - self.cfg.max_note_beats)
+        if self.mode != "call":
+            return  # one-shot: answers end here, but only a trigger starts one
         if self.state != "listening" or self._phrase_notes == 0 or self._held:
             return
         if now - self._last_input_beat >= self.cfg.silence_beats:
@@ -561,7 +570,8 @@ class JamSession:
         end = start + self.cfg.bars * bpb
         self._phrase_end_t = t_end
         self._tag += 1
-        self._answer = {"tag": self._tag, "start": start, "end": end, "events": [], "first_sent": False,
+        self._answer = {"tag": self._tag, "start": start, "end": end, "events": [], "ids": [], "sent": set(),
+                        "first_sent": False,
                         "phrase_end_t": t_end, "controls": self._controls_dict()}
         self.state = "answering"
         self._phrase_notes = 0
@@ -569,7 +579,7 @@ class JamSession:
         self._cancel.clear()
         t_gen = time.perf_counter()
         ans = self.timeline.generate(start, end, self._current_shaper(), self._rng, emit=self._schedule_model,
-                                     cancelled=self._cancel.is_set)
+                                     cancelled=self._halted)
         self._measure(ans, time.perf_counter() - t_gen, end - start)
         if ans.first_token_s is not None:
             self.latencies["first_token_ms"].append((t_gen - t_end + ans.first_token_s) * 1000.0)
@@ -577,19 +587,45 @@ class JamSession:
         if ans.cancelled:
             self._cancel.clear()
 
-    def _finish_answer(self) -> None:
+    def _finish_answer(self, cancelled: bool = False) -> None:
+        """End the current answer. Every answer that started (`phrase_end`) gets its
+        `answer_end`; a cancelled one keeps, in the history (and so for `--save`), what of
+        it actually sounded, marked cancelled: a take is never lost."""
         a = self._answer
         self._answer = None
         self.state = "listening" if self.mode != "accompany" else "accompanying"
         if a is None:
             return
-        self.counters["answers"] += 1
-        clip = {"tag": a["tag"], "start": a["start"] + self.origin, "bars": self.cfg.bars, "bpm": round(self.clock.bpm, 3),
-                "events": a["events"], "controls": a["controls"], "style": self.cfg.style}
-        self.history.append(clip)
-        if len(self.history) > 200:
-            del self.history[:100]
-        self.emit("answer_end", tag=a["tag"], notes=sum(1 for e in a["events"] if isinstance(e, NoteOn)))
+        events = self._played_part(a, self._song_beat() - self.origin) if cancelled else a["events"]
+        notes = sum(1 for e in events if isinstance(e, NoteOn))
+        if not cancelled:
+            self.counters["answers"] += 1
+        if notes or not cancelled:  # a cancelled answer that never sounded leaves no take
+            clip = {"tag": a["tag"], "start": a["start"] + self.origin, "bars": self.cfg.bars,
+                    "bpm": round(self.clock.bpm, 3), "events": events, "controls": a["controls"],
+                    "style": self.cfg.style, "cancelled": cancelled}
+            self.history.append(clip)
+            if len(self.history) > 200:
+                del self.history[:100]
+        self.emit("answer_end", tag=a["tag"], notes=notes, cancelled=cancelled)
+
+    @staticmethod
+    def _played_part(a: dict, cut: float) -> list[Event]:
+        """What of answer `a` sounded: the notes whose note-on went out (`_on_sent`), each
+        ended by `cut`, the timeline beat it was cancelled on (the cancel released it there)."""
+        out: list[Event] = []
+        sounding: dict[int, NoteOn] = {}
+        for ev, nid in zip(a["events"], a["ids"]):
+            if nid not in a["sent"]:
+                continue
+            if isinstance(ev, NoteOn):
+                sounding[nid] = ev
+                out.append(ev)
+            elif sounding.pop(nid, None) is not None:
+                out.append(ev if ev.time <= cut else NoteOff(cut, ev.family, ev.pitch))
+        for on in sounding.values():
+            out.append(NoteOff(max(cut, on.time), on.family, on.pitch))
+        return sorted(out, key=lambda e: e.time)
 
     def _barge_in(self, beat: float) -> None:
         """The player plays over an answer: stop it there and keep what already sounded."""
@@ -610,10 +646,14 @@ class JamSession:
         self._cancel.clear()
 
     def _cancel_answer(self) -> None:
-        if self._answer is not None and self.scheduler is not None:
-            self.scheduler.cancel(tag=self._answer["tag"])
+        """Drop the current answer, releasing what of it sounds; it still ends (`answer_end`,
+        cancelled unless it had played to its end)."""
+        a = self._answer
+        if a is not None and self.scheduler is not None:
+            self.scheduler.cancel(tag=a["tag"])
             self._roll_released()
-        self._answer = None
+        if a is not None:
+            self._finish_answer(cancelled=self._song_beat() - self.origin < a["end"])
         self._reset_after_cancel()
 
     def _reset_after_cancel(self) -> None:
@@ -644,8 +684,13 @@ class JamSession:
             self._cancel.clear()
             t_gen = time.perf_counter()
             ans = tl.generate(tl.time, tl.time + 0.5, self._current_shaper(), self._rng, emit=self._pending.append,
-                              cancelled=self._cancel.is_set, first_note=False, close=False)
+                              cancelled=self._halted, first_note=False, close=False)
             self._measure(ans, time.perf_counter() - t_gen, 0.5)
+
+    def _halted(self) -> bool:
+        """Should generation stop at the next step? On cancel, and always once `stop()` began:
+        a later trigger clears the cancel flag, never the stop flag, so stop wins over any backlog."""
+        return self._cancel.is_set() or self._stop.is_set()
 
     def _measure(self, ans, seconds: float, beats: float) -> None:
         if ans.cancelled or ans.tokens == 0 or seconds <= 0:
@@ -691,6 +736,7 @@ class JamSession:
             self.scheduler.push(Scheduled(ev.time, 0, "off", ch, ev.pitch, 0, nid, tag))
         if self._answer is not None:
             self._answer["events"].append(ev)
+            self._answer["ids"].append(nid)
         if commit:
             self._committed.append((ev.time, ev))
 
@@ -726,6 +772,8 @@ class JamSession:
             fam = self._family_of_channel(it.channel)
             self._roll_note("model", fam, it.pitch, self.clock.beat_at(sent_at), it.kind == "on", it.velocity)
         a = self._answer
+        if it.kind == "on" and a is not None and it.tag == a["tag"]:
+            a["sent"].add(it.note_id)  # what of it sounded, should it be cancelled
         if it.kind == "on" and a is not None and it.tag == a["tag"] and not a["first_sent"]:
             a["first_sent"] = True
             ms = (sent_at - a["phrase_end_t"]) * 1000.0
