@@ -33,7 +33,7 @@ import rtmidi
 
 from musebridge.errors import MuseBridgeError
 
-from .safety import DropCounters, EchoGuard, sanitize
+from .safety import RESET_SYSEX, DropCounters, EchoGuard, MidiParser
 
 ENV_API = "MUSEBRIDGE_MIDI_API"
 CLIENT_NAME = "MuseBridge"
@@ -362,24 +362,85 @@ class ArrivalClock:
         return t
 
 
-class MidiInput(_Port):
-    """A MIDI input: messages arrive as (bytes, perf_counter time).
+# rtmidi's input ring buffer, in messages: rtmidi's default (1,024) overflowed under a
+# 2,000 notes/s flood while the model held the GIL (814-4,214 of them lost); this holds
+# 30 s of such a flood with our polling thread stalled.
+QUEUE_SIZE = 65536
+POLL_S = 0.0005  # the polling thread's sleep when rtmidi has nothing
+UNSTICK_S = 0.005  # nothing from the driver this long: send RESET_SYSEX (see _SysexReset)
 
-    Messages are polled by a thread of ours every 0.5 ms, not delivered by an rtmidi
-    callback: a Python callback runs on JACK's process thread and needs the GIL, and with
-    a synchronous server (`jackd -S`) that deadlocked whenever this process opened or
+
+def _midi_in(api: int, name: str) -> rtmidi.MidiIn:
+    return rtmidi.MidiIn(api, name=name, queue_size_limit=QUEUE_SIZE)
+
+
+class _SysexReset:
+    """A client of ours whose one port plays into our own input, to end a sysex the
+    driver holds open.
+
+    RtMidi's JACK input appends every event after a sysex that lacks its 0xF7 to that
+    sysex and hands over nothing until an event ends in 0xF7 (measured: `F0 01`, then
+    notes, CC, clock and Start: nothing arrived; `jack_midi_dump` shows them as separate
+    events). No parser can take apart what it is never given. So when the input has
+    been quiet for `UNSTICK_S`, `send` plays RESET_SYSEX into it: what was held comes out
+    glued to the marker (`MidiParser` separates it and skips the marker), and an idle
+    input just gets the marker back. JACK only, where this was measured.
+
+    Our input port is found by renaming it to a unique name for a moment (JACK keeps
+    connections through a rename): its client name is JACK's to choose ("name-01")."""
+
+    def __init__(self, client_name: str):
+        self._out = _rtmidi(rtmidi.MidiOut, rtmidi.API_UNIX_JACK, f"{client_name} reset")
+
+    def attach(self, rt_in: rtmidi.MidiIn, local_name: str) -> None:
+        """Connect to `rt_in`'s port (again, after it was reopened)."""
+        unique = f"{local_name} {os.getpid()}.{id(self):x}"
+        if self._out.is_port_open():
+            self._out.close_port()
+        rt_in.set_port_name(unique)
+        try:
+            ports = self._out.get_ports()
+            i = next(i for i, p in enumerate(ports) if p.endswith(":" + unique))
+            self._out.open_port(i, f"{local_name} reset")
+        finally:
+            rt_in.set_port_name(local_name)
+
+    def send(self) -> None:
+        self._out.send_message(RESET_SYSEX)
+
+    def close(self) -> None:
+        try:
+            self._out.close_port()
+        finally:
+            self._out.delete()
+
+
+class MidiInput(_Port):
+    """A MIDI input: messages arrive as (bytes, perf_counter time), one complete message each.
+
+    Messages are polled by a thread of ours, not delivered by an rtmidi callback: a
+    Python callback runs on JACK's process thread and needs the GIL, and with a
+    synchronous server (`jackd -S`) that deadlocked whenever this process opened or
     closed another JACK client while holding the GIL (seen: CI hung in client open/close).
-    With `callback`, it is called as `callback(msg, t)` on the polling thread (return
-    quickly); otherwise messages queue up for
-    `receive`, `poll` and `iter_pending`. Times come from the driver's stamps
-    (`ArrivalClock`), not from when the poll woke. Active sensing is ignored; sysex and
-    malformed messages are dropped and counted in `dropped`; clock and transport come
-    through. (rtmidi filters nothing itself: a message it skipped would leave a gap in
-    the driver's delta times.)
+    Each wake drains everything rtmidi holds; when it holds nothing the thread sleeps
+    `POLL_S`. With `callback`, it is called as `callback(msg, t)` on the polling thread
+    (return quickly); otherwise messages queue up for `receive`, `poll` and
+    `iter_pending`. Times come from the driver's stamps (`ArrivalClock`), not from when
+    the poll woke.
+
+    What the driver hands over is read as a byte stream (`MidiParser`), because drivers
+    glue and split messages: whatever garbage came before, the next valid message is
+    heard. Sysex, torn messages and stray bytes are dropped and counted in `dropped`;
+    clock and transport come through; active sensing is ignored. rtmidi's queue holds
+    `QUEUE_SIZE` messages; a drain that finds it full counts `dropped.overflow` (rtmidi
+    itself only prints "message queue limit reached" on stderr: it reports overflow
+    through no callback, so how many were lost is not known). On JACK a `_SysexReset`
+    client ends a sysex the driver holds open. (rtmidi filters nothing itself: a message
+    it skipped would leave a gap in the driver's delta times.)
     """
 
     kind = "input"
-    _rt_class = rtmidi.MidiIn
+    _rt_class = staticmethod(_midi_in)
     _default_name = DEFAULT_IN
 
     def __init__(self, port: str | None = None, *, virtual: bool | None = None, api: str | int = "auto",
@@ -388,10 +449,15 @@ class MidiInput(_Port):
         self.dropped = DropCounters()
         self.callback_errors = 0
         self.last_error: str | None = None
+        self._parser = MidiParser(self.dropped)
         self._queue: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self._arrivals = ArrivalClock()
         self._polling = threading.Event()
+        self._reset: _SysexReset | None = None
+        self._client_name = client_name
         super().__init__(port, virtual, api, client_name)
+        if self.api == rtmidi.API_UNIX_JACK:
+            self._attach_reset()
         self._polling.set()
         self._poller = threading.Thread(target=self._poll_loop, name=f"midi-in {self.name}", daemon=True)
         self._poller.start()
@@ -399,44 +465,82 @@ class MidiInput(_Port):
     def _configure(self) -> None:
         self._rt.ignore_types(sysex=False, timing=False, active_sense=False)
 
+    def _attach_reset(self) -> None:
+        """Open (or reconnect) the sysex reset client; without it the input still works,
+        it just stays deaf after a torn sysex until the peer sends an 0xF7."""
+        try:
+            if self._reset is None:
+                self._reset = _SysexReset(self._client_name)
+            self._reset.attach(self._rt, self.local_name)
+        except Exception as e:  # StopIteration, RtMidiError, MuseBridgeError: never fail the input
+            self.last_error = f"sysex reset port: {type(e).__name__}: {e}"
+            if self._reset is not None:
+                self._reset.close()
+            self._reset = None
+
+    def reconnect(self) -> bool:
+        """As for any port; the sysex reset client follows the reopened port."""
+        ok = super().reconnect()
+        if ok and not self.virtual and self.api == rtmidi.API_UNIX_JACK:
+            self._attach_reset()
+        return ok
+
     def _poll_loop(self) -> None:
+        quiet_since = time.perf_counter()
         while self._polling.is_set():
             rt = self._rt
             if rt is None:
                 return
             try:
-                event = rt.get_message()
+                n = self._drain(rt)
+                now = time.perf_counter()
+                if n:
+                    quiet_since = now
+                elif now - quiet_since >= UNSTICK_S and self._reset is not None:
+                    self._reset.send()
+                    quiet_since = now
+                else:
+                    time.sleep(POLL_S)
             except Exception:
                 return
-            if event is None:
-                time.sleep(0.0005)
-                continue
+
+    def _drain(self, rt: rtmidi.MidiIn) -> int:
+        """Hand on everything rtmidi holds now; how many driver events that was."""
+        n = 0
+        while self._polling.is_set() and (event := rt.get_message()) is not None:
             self._on_message(event)
+            n += 1
+            if n % (QUEUE_SIZE - 1) == 0:  # a full ring's worth in one go: it filled up, maybe lost some
+                self.dropped.overflow += 1
+        return n
 
     def close(self) -> None:
-        """Stop polling, then close the port and free the client; safe to call twice."""
+        """Stop polling, then close the port and free the clients; safe to call twice."""
         self._polling.clear()
         poller = getattr(self, "_poller", None)
         if poller is not None and poller.is_alive() and poller is not threading.current_thread():
             poller.join(timeout=1.0)
-        super().close()
-
-    def _on_message(self, event: tuple[list[int], float], _data: object = None) -> None:
-        t = self._arrivals.stamp(event[1], time.perf_counter())  # first thing, for every message
-        if event[0][:1] == [0xFE]:
-            return  # active sensing: a keep-alive, not music
-        msg = sanitize(event[0], self.dropped)
-        if msg is None:
-            return
-        cb = self.callback
-        if cb is None:
-            self._queue.put((msg, t))
-            return
+        reset, self._reset = getattr(self, "_reset", None), None
         try:
-            cb(msg, t)
-        except Exception as e:  # an exception must not unwind into the MIDI driver's thread
-            self.callback_errors += 1
-            self.last_error = f"{type(e).__name__}: {e}"
+            super().close()
+        finally:
+            if reset is not None:
+                reset.close()
+
+    def _on_message(self, event: tuple[list[int], float]) -> None:
+        t = self._arrivals.stamp(event[1], time.perf_counter())  # first thing, for every driver event
+        for msg in self._parser.feed(event[0]):
+            if msg == b"\xfe":
+                continue  # active sensing: a keep-alive, not music
+            cb = self.callback
+            if cb is None:
+                self._queue.put((msg, t))
+                continue
+            try:
+                cb(msg, t)
+            except Exception as e:  # an exception must not unwind into the polling thread
+                self.callback_errors += 1
+                self.last_error = f"{type(e).__name__}: {e}"
 
     def receive(self, timeout: float | None = None) -> Message | None:
         """The next message, waiting up to `timeout` seconds (forever if None); None on timeout."""

@@ -4,8 +4,9 @@ coming back through a loopback are not mistaken for the player's.
 - `NoteTracker` knows every note we sent that has not been released, so panic and
   shutdown release exactly those (individual note-offs first: some synths ignore
   CC123), and a max-note-length guard can end a note whose note-off was lost.
-- `sanitize` checks incoming messages before anything interprets them: a bad byte from
-  a flaky driver or a hardware port must be dropped and counted, never raised.
+- `MidiParser` reads incoming bytes as a stream by MIDI's rules before anything interprets
+  them: a torn or glued message from a flaky driver or a hardware port must cost only
+  itself -- dropped and counted, never raised, and the next message always heard.
 - `EchoGuard` remembers what we just sent, because DAWs often route the bridge's output
   back to its input (record-armed track with input monitoring).
 """
@@ -17,13 +18,13 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, fields
+from typing import Iterable
 
 NOTE_OFF, NOTE_ON, CC = 0x80, 0x90, 0xB0
 CC_SUSTAIN, CC_ALL_SOUND_OFF, CC_ALL_NOTES_OFF = 64, 120, 123
 
-# Length of each message by status byte (channel messages by their high nibble).
+# Length of each channel message by the high nibble of its status byte.
 _CHANNEL_LEN = {0x80: 3, 0x90: 3, 0xA0: 3, 0xB0: 3, 0xC0: 2, 0xD0: 2, 0xE0: 3}
-_SYSTEM_LEN = {0xF1: 2, 0xF2: 3, 0xF3: 2, 0xF6: 1, 0xF8: 1, 0xFA: 1, 0xFB: 1, 0xFC: 1, 0xFE: 1, 0xFF: 1}
 
 
 def note_key(msg: bytes | bytearray) -> tuple[int, int, bool] | None:
@@ -140,58 +141,138 @@ class NoteTracker:
 
 @dataclass
 class DropCounters:
-    """How many incoming messages were dropped, by reason (shown in stats, never raised)."""
+    """What an input threw away, by reason (shown in stats and the log, never raised).
 
-    empty: int = 0
-    sysex: int = 0
-    no_status: int = 0  # starts with a data byte: running status or a torn message
-    undefined: int = 0  # 0xF4, 0xF5, 0xF9, 0xFD, or a stray 0xF7
-    length: int = 0
-    data_byte: int = 0  # a byte >= 0x80 where a data byte (0..127) belongs
+    Each reason counts messages (or, for `no_status` and `undefined`, single bytes);
+    `bytes` counts every byte thrown away under any reason, so nothing goes unaccounted.
+    """
+
+    sysex: int = 0  # system exclusive, complete or torn: the session has no use for it
+    no_status: int = 0  # a data byte with no status to belong to (stray, or after a lost status)
+    undefined: int = 0  # 0xF4, 0xF5, 0xF9, 0xFD, a stray 0xF7, or a value that is not a byte
+    length: int = 0  # a message cut short by the next status byte
+    overflow: int = 0  # times the MIDI driver's input queue filled up: what came then was lost
+    bytes: int = 0  # every byte thrown away above
 
     @property
     def total(self) -> int:
-        return sum(getattr(self, f.name) for f in fields(self))
+        """Messages (and stray bytes) lost, all reasons together."""
+        return sum(getattr(self, f.name) for f in fields(self) if f.name != "bytes")
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def sanitize(msg: bytes | bytearray | list[int], counters: DropCounters | None = None) -> bytes | None:
-    """The message as bytes if it is one complete, well-formed non-sysex message, else None.
+# Our own marker (0x7D: the ID for non-commercial use), sent into an input to end a sysex
+# the driver is still holding open; it is expected, so it is neither passed on nor counted.
+RESET_SYSEX = bytes([0xF0, 0x7D, 0x4D, 0x42, 0xF7])
 
-    Never raises on any input; counts the reason for a drop in `counters`.
+_SYSTEM_COMMON_LEN = {0xF1: 2, 0xF2: 3, 0xF3: 2, 0xF6: 1}
+_UNDEFINED = frozenset({0xF4, 0xF5, 0xF9, 0xFD})
+
+
+class MidiParser:
+    """Incoming bytes -> complete MIDI messages, by MIDI's byte-stream rules.
+
+    Why a stream and not message by message: a driver may glue several messages into one
+    event (RtMidi's JACK input appends everything after a sysex that lacks its 0xF7 to
+    that sysex) or split one across two, and a flaky device tears messages. So, as a
+    receiving instrument does: any status byte other than real-time ends a sysex or an
+    unfinished message; real-time bytes (0xF8-0xFF) may sit anywhere, even inside another
+    message, and come out at once; channel messages keep running status; sysex, undefined
+    status bytes and data bytes without a status are dropped and counted in `counters`.
+    Whatever came before, the next complete message with its status byte comes out.
+    Never raises. One parser per input: the state carries from one `feed` to the next.
     """
-    reason = _problem(msg)
-    if reason is None:
-        return bytes(msg)
-    if counters is not None:
-        setattr(counters, reason, getattr(counters, reason) + 1)
-    return None
 
+    def __init__(self, counters: DropCounters | None = None):
+        self.counters = counters if counters is not None else DropCounters()
+        self.resets = 0  # RESET_SYSEX markers seen (expected: not counted as dropped)
+        self.implied = 0  # status bytes of passed messages supplied by running status
+        self._msg = bytearray()  # the message being collected, status byte first
+        self._want = 0  # its complete length
+        self._implied = False  # its status byte came from running status, not the input
+        self._running = 0  # running status: the last channel status byte, 0 for none
+        self._sysex: bytearray | None = None  # a sysex being skipped: its first bytes
+        self._sysex_len = 0
 
-def _problem(msg: bytes | bytearray | list[int]) -> str | None:
-    try:
-        if not msg:
-            return "empty"
-        status = msg[0]
-        if not isinstance(status, int) or not 0 <= status <= 0xFF:
-            return "data_byte"
-        if status < 0x80:
-            return "no_status"
-        if status == 0xF0:
-            return "sysex"
-        want = _CHANNEL_LEN.get(status & 0xF0) if status < 0xF0 else _SYSTEM_LEN.get(status)
-        if want is None:
-            return "undefined"
-        if len(msg) != want:
-            return "length"
-        for b in msg[1:]:
-            if not isinstance(b, int) or not 0 <= b < 0x80:
-                return "data_byte"
-        return None
-    except Exception:  # an odd object: treat like a torn message, never raise
-        return "data_byte"
+    @property
+    def pending(self) -> int:
+        """Input bytes held for a message (or sysex) not finished yet."""
+        return len(self._msg) - self._implied + (self._sysex_len if self._sysex is not None else 0)
+
+    def feed(self, data: bytes | bytearray | Iterable[int]) -> list[bytes]:
+        """The messages completed by `data`, in order."""
+        out: list[bytes] = []
+        for b in data:
+            if not isinstance(b, int) or not 0 <= b <= 0xFF:
+                self._drop("undefined", 1)
+                continue
+            if b >= 0xF8:  # real-time: at once, wherever it is; running status stays
+                if b in _UNDEFINED:
+                    self._drop("undefined", 1)
+                else:
+                    out.append(bytes((b,)))
+            elif b >= 0x80:
+                self._status(b, out)
+            elif self._sysex is not None:
+                self._sysex_len += 1
+                if len(self._sysex) < len(RESET_SYSEX):
+                    self._sysex.append(b)
+            elif self._msg:
+                self._data(b, out)
+            elif self._running:
+                self._msg, self._want = bytearray((self._running,)), _CHANNEL_LEN[self._running & 0xF0]
+                self._implied = True
+                self._data(b, out)
+            else:
+                self._drop("no_status", 1)
+        return out
+
+    def _status(self, b: int, out: list[bytes]) -> None:
+        if b == 0xF7 and self._sysex is not None:  # the end of a sysex
+            whole = bytes(self._sysex) + b"\xf7"
+            if whole == RESET_SYSEX and self._sysex_len + 1 == len(RESET_SYSEX):
+                self.resets += 1
+            else:
+                self._drop("sysex", self._sysex_len + 1)
+            self._sysex, self._running = None, 0
+            return
+        self._end_unfinished()
+        self._running = 0  # every status byte but real-time cancels running status
+        if b < 0xF0:
+            self._running = b
+            self._msg, self._want = bytearray((b,)), _CHANNEL_LEN[b & 0xF0]
+        elif b == 0xF0:
+            self._sysex, self._sysex_len = bytearray((b,)), 1
+        elif b in _SYSTEM_COMMON_LEN:
+            self._msg, self._want = bytearray((b,)), _SYSTEM_COMMON_LEN[b]
+            if self._want == 1:
+                out.append(bytes(self._msg))
+                self._msg = bytearray()
+        else:  # 0xF4, 0xF5, or 0xF7 with no sysex open
+            self._drop("undefined", 1)
+
+    def _data(self, b: int, out: list[bytes]) -> None:
+        self._msg.append(b)
+        if len(self._msg) == self._want:
+            out.append(bytes(self._msg))
+            self.implied += self._implied
+            self._msg, self._implied = bytearray(), False
+
+    def _end_unfinished(self) -> None:
+        """A status byte arrived: what was unfinished is torn, dropped and counted."""
+        if self._msg:
+            self._drop("length", len(self._msg) - self._implied)
+            self._msg, self._implied = bytearray(), False
+        if self._sysex is not None:
+            self._drop("sysex", self._sysex_len)
+            self._sysex = None
+
+    def _drop(self, reason: str, nbytes: int) -> None:
+        c = self.counters
+        setattr(c, reason, getattr(c, reason) + 1)
+        c.bytes += nbytes
 
 
 # --- loopback echoes ---------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ import time
 import numpy as np
 import pytest
 import rtmidi
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from click.testing import CliRunner
 
 from musebridge.bridge import ports as ports_mod
@@ -193,6 +195,68 @@ def test_clock_and_transport_come_through_sysex_and_active_sensing_do_not(loop):
         out.send(msg)
     got = [m for m, _ in drain(inp, 6)]
     assert got == [b"\xf2\x10\x00", b"\xfa", b"\xf8", b"\xfb", b"\xfc", b"\x90\x40\x01"]
+
+
+@pytest.fixture(scope="module")
+def raw_sender(jack_server):
+    """An input of ours, and a bare rtmidi JACK output connected to it: sends any bytes,
+    as a flaky device or driver would (MidiOutput sends only what it is given too, but
+    this keeps our own output code out of what is tested)."""
+    with MidiInput("raw in", virtual=True, client_name="rawtest") as inp:
+        out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="raw sender")
+        ports = out.get_ports()
+        out.open_port(ports.index("rawtest:raw in"))
+        time.sleep(ports_mod.JACK_SETTLE_S)
+        try:
+            yield out, inp
+        finally:
+            out.close_port()
+            out.delete()
+
+
+def test_a_torn_sysex_does_not_make_the_input_deaf(raw_sender):
+    """F10: `F0 01` with no F7, then a note, CC, clock and Start: RtMidi's JACK input holds
+    them all glued to the sysex until an event ends in F7. Every one must still arrive."""
+    out, inp = raw_sender
+    list(inp.iter_pending())
+    before = inp.dropped.sysex
+    out.send_message([0xF0, 0x01])
+    follow = [[0x90, 60, 100], [0xB0, 7, 99], [0xF8], [0xFA], [0x80, 60, 0]]
+    for m in follow:
+        time.sleep(0.002)
+        out.send_message(m)
+    got = [m for m, _ in drain(inp, len(follow), timeout=3)]
+    assert got == [bytes(m) for m in follow]
+    assert inp.dropped.sysex == before + 1  # the torn sysex itself: counted, not passed
+
+
+garbage_pieces = st.one_of(
+    st.binary(min_size=1, max_size=6),
+    st.lists(st.integers(0, 0x7F), min_size=1, max_size=5).map(lambda d: bytes([0xF0, *d])),  # torn sysex
+    st.lists(st.integers(0, 0x7F), min_size=1, max_size=4).map(bytes),  # stray data bytes
+    st.tuples(st.integers(0x80, 0xEF), st.binary(max_size=1)).map(lambda x: bytes([x[0]]) + bytes(b & 0x7F for b in x[1])),
+    st.sampled_from([b"\xf8", b"\xfe", b"\xf9", b"\xfd", b"\xf4", b"\xf7", b"\xf2\x01"]),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(garbage_pieces, min_size=1, max_size=8))
+def test_after_garbage_over_jack_the_next_note_is_always_heard(raw_sender, pieces):
+    out, inp = raw_sender
+    list(inp.iter_pending())
+    for piece in pieces:  # each piece one JACK event; rtmidi refuses some (e.g. empty) itself
+        try:
+            out.send_message(list(piece))
+        except (rtmidi.RtMidiError, ValueError, TypeError):
+            pass
+    note = b"\x9b\x3d\x4d"
+    out.send_message(list(note))  # the next valid note
+    got: list[bytes] = []
+    while (m := inp.receive(timeout=3)) is not None:
+        got.append(m[0])
+        if m[0] == note:
+            break
+    assert got and got[-1] == note, (pieces, got)
 
 
 def test_callback_input_and_echo_of_our_own_notes(loop):
