@@ -90,8 +90,9 @@ def _time_steps(rts: dict, context: int, steps: int, block: int = 20, skip: int 
 
 
 def measure(folder=None, schemes=tuple(SCHEMES), context: int = 1024, steps: int = 300, threads: int = 1,
-            prompt: int = 1024, decode: int = 32) -> list[dict]:
-    """One row per scheme: `compare` against the fp32 graphs and the step's p50 beside fp32's."""
+            prompt: int = 1024, decode: int = 32, label: str | None = None) -> list[dict]:
+    """One row per scheme: `compare` against the fp32 graphs and the step's p50 beside fp32's
+    (`label`: the model's name in the rows, default its folder)."""
     pieces = (37, 5, 1, 2, 64)
     with tempfile.TemporaryDirectory() as tmp:
         rts = _runtimes(folder, Path(tmp), threads, schemes)
@@ -101,7 +102,7 @@ def measure(folder=None, schemes=tuple(SCHEMES), context: int = 1024, steps: int
         rows = []
         for name in schemes:
             ref.reset()
-            row = {"model": str(model_folder(folder)), "scheme": name, **SCHEMES[name],
+            row = {"model": label or str(model_folder(folder)), "scheme": name, **SCHEMES[name],
                    **compare(ref, rts[name], toks, n, pieces, decode)}
             rows.append(row)
         speed = _time_steps(rts, context, steps)
@@ -133,7 +134,7 @@ def main(argv=None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if a.tiny:
-            rows += measure(tiny_model(Path(tmp) / "tiny"), schemes, a.context, a.steps, a.threads)
+            rows += measure(tiny_model(Path(tmp) / "tiny"), schemes, a.context, a.steps, a.threads, label="tiny")
         rows += measure(a.model, schemes, a.context, a.steps, a.threads)
     print(table(rows))
     if a.json:
