@@ -191,8 +191,23 @@ def list_ports(api: str | int = "auto") -> tuple[list[str], list[str]]:
     raise AssertionError("unreachable")
 
 
+_own_virtual: set[tuple[str, str]] = set()  # (client, port) names of the virtual ports this process opened
+
+
+def is_own_port(port: str) -> bool:
+    """True for a virtual port this process opened ("MuseBridge:MuseBridge Out", also as
+    "MuseBridge-01:..." when JACK renamed a second client of that name)."""
+    client, _, name = port.partition(":")
+    base = client.rsplit("-", 1)[0] if client.rsplit("-", 1)[-1].isdigit() else client
+    return (client, name) in _own_virtual or (base, name) in _own_virtual
+
+
 def find_port(available: Sequence[str], wanted: str, kind: str) -> int:
-    """Index of `wanted` in `available`: exact, else a unique case-insensitive substring."""
+    """Index of `wanted` in `available`: exact, else a unique case-insensitive substring.
+
+    The error for a name that matches nothing offers only other programs' ports: this
+    process's own virtual ports are left out (the jam opens its output before its input,
+    so `--in Nope` would otherwise suggest connecting the jam to itself)."""
     if wanted in available:
         return list(available).index(wanted)
     low = wanted.lower()
@@ -202,7 +217,7 @@ def find_port(available: Sequence[str], wanted: str, kind: str) -> int:
     if hits:
         names = ", ".join(available[i] for i in hits)
         raise MuseBridgeError(f"MIDI {kind} port {wanted!r} is ambiguous: it matches {names}; give more of the name")
-    listed = ", ".join(available) if available else "none"
+    listed = ", ".join(p for p in available if not is_own_port(p)) or "none"
     raise MuseBridgeError(f"no MIDI {kind} port {wanted!r}; available: {listed} (run `musebridge ports`)")
 
 
@@ -233,6 +248,7 @@ class _Port:
             self._configure()
             if self.virtual:
                 self._rt.open_virtual_port(self.local_name)
+                _own_virtual.add((client_name, self.local_name))
             else:
                 self._open_by_name()
         except BaseException:
@@ -444,9 +460,10 @@ class MidiInput(_Port):
     _default_name = DEFAULT_IN
 
     def __init__(self, port: str | None = None, *, virtual: bool | None = None, api: str | int = "auto",
-                 callback: Callback | None = None, client_name: str = CLIENT_NAME):
+                 callback: Callback | None = None, client_name: str = CLIENT_NAME,
+                 dropped: DropCounters | None = None):
         self.callback = callback
-        self.dropped = DropCounters()
+        self.dropped = dropped if dropped is not None else DropCounters()  # a caller's own outlives the port
         self.callback_errors = 0
         self.last_error: str | None = None
         self._parser = MidiParser(self.dropped)

@@ -137,3 +137,17 @@ def test_every_started_answer_ends_and_a_cancelled_take_is_saved(jack_server, tm
     assert len(files) == sum(1 for e in ends.values() if e["notes"]) and all(m["cancelled"] for m in metas), metas
     notes = sorted(len(read_midi(f).notes) for f in files)
     assert notes == sorted(e["notes"] for e in ends.values() if e["notes"]), (notes, ends)
+
+
+def test_jam_in_unknown_port_lists_only_other_programs_ports(jack_server):
+    """`jam --in Nope`: one error line offering the ports of other programs, never the
+    jam's own output (opened first; before, it was listed as an input to connect to)."""
+    from musebridge.bridge.ports import MidiOutput
+
+    with MidiOutput("Keys Out", virtual=True, client_name="keys"):
+        r = subprocess.run([sys.executable, "-m", "musebridge", "jam", "--in", "Nope", "--backend", "onnxruntime"],
+                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: no MIDI input port 'Nope'; available: ") and "keys:Keys Out" in lines[0], lines
+    assert "MuseBridge Out" not in lines[0], lines[0]
