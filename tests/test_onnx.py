@@ -177,6 +177,26 @@ def test_fp16_and_int8_graphs(tiny, tmp_path):
         assert not misses(r, TARGETS[dtype]), (dtype, misses(r, TARGETS[dtype]))
 
 
+def test_int8_graphs_have_u8_weights_under_a_new_cache_key(tiny, monkeypatch):
+    """Every weight MatMul (4 per layer and the head) is a MatMulInteger over u8 weights: the u8 x u8
+    kernel is exact on every CPU, where s8 weights saturate on AVX2 without VNNI. (On a VNNI CPU the
+    parity bounds cannot see s8 come back; this can.) The builder version that made the change is in
+    the cache key, so s8 graphs cached by version 2 are never opened again."""
+    import onnx
+
+    from musebridge.onnx_export import build
+
+    paths = graph_paths(tiny, "int8")
+    for path in paths.values():
+        g = onnx.load(str(path)).graph
+        types = {i.name: i.data_type for i in g.initializer}
+        weights = [n.input[1] for n in g.node if n.op_type == "MatMulInteger"]
+        assert len(weights) == 4 * 2 + 1 and all(types[w] == onnx.TensorProto.UINT8 for w in weights)
+    assert build.BUILDER_VERSION >= 3
+    monkeypatch.setattr(build, "BUILDER_VERSION", 2)
+    assert graph_paths(tiny, "int8")["step"].parent != paths["step"].parent
+
+
 def test_parity_bounds_catch_what_they_should():
     """`misses` holds each bound the right way round, and the int8 bounds stop a logit moved by a
     tenth of its range while letting through rounding of the size 8-bit weights make."""
