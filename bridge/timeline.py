@@ -23,7 +23,7 @@ import numpy as np
 
 from musebridge.engine.events import Event, NoteOff, NoteOn
 from musebridge.engine.runtime import CachedRuntime
-from musebridge.engine.sampling import Grammar, LogitShaper
+from musebridge.engine.sampling import Grammar, LogitShaper, OutputGuard
 from musebridge.engine.tokenizer import StreamDecoder, StreamEncoder
 from musebridge.engine.vocab import END, NOTE, WAIT, Vocabulary
 
@@ -126,6 +126,7 @@ class Timeline:
         self.advance_to(start)
         dec = StreamDecoder(v)
         dec.tick = self.encoder.tick
+        guard = OutputGuard(v, self.rt.source)  # damaged weights: this answer stops with an error, not a flood
         end_tick = round(end * self.tpb)
         next_mark = self.time
         sampled_note = not first_note
@@ -146,6 +147,7 @@ class Timeline:
                 break  # the model rests or stops: rest until the end
             if v.kind[tok] == NOTE and v.vbin[tok] > 0:
                 sampled_note = True
+            guard.check(tok)
             self.grammar.update(tok)
             self.logits = self.rt.step([tok])
             ans.tokens += 1

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from .errors import MuseBridgeError
+from .options import Checked, duration_seconds
 
 
 @click.command()
@@ -28,9 +29,9 @@ from .errors import MuseBridgeError
 @click.option("--model", "model_dir", type=click.Path(), default=None, help="Model folder (default: the shipped model).")
 @click.option("--style", default=None, help="Style label from the model's vocabulary.")
 @click.option("--strength", "strengths", multiple=True, metavar="FAMILY=S", help="Instrument strengths, e.g. bass=1,drums=0.")
-@click.option("--temperature", type=float, default=1.0, show_default=True)
-@click.option("--top-p", type=float, default=0.95, show_default=True)
-@click.option("--seed", type=int, default=None)
+@click.option("--temperature", type=Checked(click.FLOAT, "sampling.check_temperature"), default=1.0, show_default=True)
+@click.option("--top-p", type=Checked(click.FLOAT, "sampling.check_top_p"), default=0.95, show_default=True)
+@click.option("--seed", type=Checked(click.INT, "sampling.check_seed"), default=None, help="Same seed, same answers (0 to 2^32-1).")
 @click.option("--channel", type=int, default=None, help="Listen on this channel only (1-16; default all).")
 @click.option("--in-family", default="piano", show_default=True, help="What the played notes are heard as (channel 10: drums).")
 @click.option("--quantize", type=float, default=0.0, show_default=True, help="0 as played .. 1 on the 16th grid.")
@@ -42,7 +43,8 @@ from .errors import MuseBridgeError
 @click.option("--latency-ms", type=float, default=None,
               help="Send this much early (output latency; default: estimated from the MIDI clock's arrival spread).")
 @click.option("--log-json", is_flag=True, help="One JSON object per line on stdout (ready, phrase_end, answer_start, ...).")
-@click.option("--duration", type=float, default=0.0, help="Stop after this many seconds (0: until Ctrl-C).")
+@click.option("--duration", type=Checked(click.FLOAT, duration_seconds), default=0.0,
+              help="Stop after this many seconds (0, the default: until Ctrl-C).")
 @click.option("--save", "save_dir", type=click.Path(file_okay=False), default=None,
               help="Write every answer to this folder as a .mid (with its seed and settings).")
 def jam(in_port, out_port, api, mode, bars, bpm, beats_per_bar, clock, backend, model_dir, style, strengths, temperature,

@@ -8,6 +8,7 @@ import click
 from rich.console import Console
 
 from .errors import MuseBridgeError
+from .options import Checked
 
 
 @click.command()
@@ -171,17 +172,19 @@ def evaluate(data, models, baselines, split, seq_len, json_out, style_classifier
 
 @click.command()
 @click.option("--prompt", type=click.Path(), default=None, help="A .mid file to continue (default: start from silence).")
-@click.option("--bars", type=float, default=8, show_default=True, help="Length of the continuation in bars.")
+@click.option("--bars", type=Checked(click.FLOAT, "generate.check_bars"), default=8, show_default=True,
+              help="Length of the continuation in bars (up to 256).")
 @click.option("--style", default=None, help="Style/composer label from the model's vocabulary (see --list-styles).")
 @click.option("--strength", "strengths", multiple=True, metavar="FAMILY=S",
               help="Instrument strengths 0..1, e.g. piano=1,drums=0 (0 mutes, 0.5 neutral, 1 favours).")
-@click.option("--temperature", type=float, default=1.0, show_default=True)
-@click.option("--top-k", type=int, default=0, show_default=True)
-@click.option("--top-p", type=float, default=0.95, show_default=True)
+@click.option("--temperature", type=Checked(click.FLOAT, "sampling.check_temperature"), default=1.0, show_default=True)
+@click.option("--top-k", type=Checked(click.INT, "sampling.check_top_k"), default=0, show_default=True)
+@click.option("--top-p", type=Checked(click.FLOAT, "sampling.check_top_p"), default=0.95, show_default=True)
 @click.option("--key", default=None, help="Keep pitched notes in a key, e.g. 'C major', 'F# minor'.")
-@click.option("--density", type=float, default=None, help="Target note-ons per beat.")
-@click.option("--seed", type=int, default=None, help="Same seed, same notes.")
-@click.option("--variations", type=int, default=1, show_default=True, help="How many continuations (written as OUT-1.mid, ...).")
+@click.option("--density", type=Checked(click.FLOAT, "sampling.check_density"), default=None, help="Target note-ons per beat.")
+@click.option("--seed", type=Checked(click.INT, "sampling.check_seed"), default=None, help="Same seed, same notes (0 to 2^32-1).")
+@click.option("--variations", type=Checked(click.INT, "generate.check_variations"), default=1, show_default=True,
+              help="How many continuations (written as OUT-1.mid, ...).")
 @click.option("--with-prompt", is_flag=True, help="Write the prompt before the continuation.")
 @click.option("--model", "model_dir", type=click.Path(), default=None, help="Model folder (default: the shipped model).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Output .mid file.")
@@ -207,10 +210,6 @@ def generate(prompt, bars, style, strengths, temperature, top_k, top_p, key, den
         raise click.UsageError("--out is required (the .mid file to write)")
     if style is not None and style not in vocab.styles:
         raise MuseBridgeError(f"style {style!r} is not in the model's vocabulary; see musebridge generate --list-styles")
-    if variations < 1:
-        raise click.BadParameter(f"--variations must be at least 1, got {variations}")
-    if not 0 < bars <= 256:
-        raise MuseBridgeError(f"--bars {bars:g} is invalid: use a length between 0 and 256 bars")
     parsed: dict[str, float] = {}
     for s in strengths:
         parsed.update(parse_strengths(s, vocab))
@@ -222,13 +221,16 @@ def generate(prompt, bars, style, strengths, temperature, top_k, top_p, key, den
 
     if critic and "torch" not in available_backends():
         raise MuseBridgeError("ranking with --critic needs PyTorch: pip install torch==2.13.0")
+    critic_dir = Path(critic) if critic else folder / "critic"
+    # the critic is a PyTorch classifier: without torch, the folder's own critic is skipped quietly
+    ranking = variations > 1 and (critic or ((critic_dir / "classifier.json").exists() and "torch" in available_backends()))
+    if critic or ranking:  # checked before generating, not after minutes of it
+        _check_critic(critic_dir, vocab)
     runtime = open_runtime(folder, backend)
     vocab = runtime.vocab
     results = run_generate(runtime, piece, bars, controls, style, variations)
     scores = [None] * len(results)
-    critic_dir = Path(critic) if critic else folder / "critic"
-    # the critic is a PyTorch classifier: without torch, the folder's own critic is skipped quietly
-    if variations > 1 and (critic or ((critic_dir / "classifier.json").exists() and "torch" in available_backends())):
+    if ranking:
         from musebridge.engine.critic import rank_continuations
 
         scores = rank_continuations(critic_dir, piece, [r.tokens for r in results], vocab, style)
@@ -251,6 +253,20 @@ def generate(prompt, bars, style, strengths, temperature, top_k, top_p, key, den
         fams = ", ".join(clip.families) or "nothing"
         ranked = "" if score is None else f", critic {score:.2f}"
         click.echo(f"{path}: {len(clip.notes)} notes over {clip.end:.1f} beats ({fams}), seed {res.seed}{ranked}")
+
+
+def _check_critic(folder: Path, vocab) -> None:
+    """A critic folder that exists, loads, and reads this model's tokens -- or one line saying which not."""
+    from musebridge.engine.critic import load_classifier
+
+    if not folder.is_dir():
+        raise MuseBridgeError(f"critic folder {folder} not found; pass a folder written by musebridge train --arch critic")
+    if not (folder / "classifier.json").is_file():
+        raise MuseBridgeError(f"{folder} is not a critic (it has no classifier.json); pass a folder written by "
+                              "musebridge train --arch critic")
+    _, cvocab, _ = load_classifier(folder)
+    if cvocab != vocab:
+        raise MuseBridgeError(f"critic {folder} uses another vocabulary than the model; pass the critic trained for it")
 
 
 @click.command()

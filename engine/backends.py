@@ -84,7 +84,14 @@ def open_runtime(model_dir: str | Path | None = None, backend: str = "auto", bat
         "tensorrt" (ORT's own TensorRT provider).
     onnx_dir: graphs written by `musebridge export` instead of the cached build.
     """
-    name = resolve_backend(backend)
+    runtime = _open(model_dir, resolve_backend(backend), batch, dtype, threads, device, onnx_dir)
+    from .checkpoint import DEFAULT_MODEL
+
+    runtime.source = str(model_dir or DEFAULT_MODEL)  # named in ModelOutputError
+    return runtime
+
+
+def _open(model_dir, name: str, batch: int, dtype, threads, device, onnx_dir) -> CachedRuntime:
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
     if name == "tensorrt":

@@ -13,9 +13,9 @@ import numpy as np
 
 from .events import Event, Piece, Tempo, TimeSignature
 from .runtime import CachedRuntime
-from .sampling import NEG, Grammar, LogitShaper, SamplingControls
+from .sampling import NEG, ControlError, Grammar, LogitShaper, OutputGuard, SamplingControls
 from .tokenizer import StreamDecoder, StreamEncoder, decode_tokens, encode_events
-from .vocab import NOTE, WAIT, Vocabulary
+from .vocab import NOTE, WAIT, Vocabulary, is_real, is_whole
 
 
 @dataclass
@@ -27,6 +27,23 @@ class Continuation:
     piece: Piece
     seed: int | None
     info: dict = field(default_factory=dict)
+
+
+MAX_BARS = 256.0  # one generate call: a long clip of a few minutes
+MAX_VARIATIONS = 32  # rows decoded together: each holds a KV cache (33 MB for the shipped model)
+
+
+def check_bars(bars, label: str = "bars") -> float:
+    """A continuation length in bars: a finite number in (0, MAX_BARS]."""
+    if not is_real(bars) or not 0 < bars <= MAX_BARS:
+        raise ControlError(f"{label} {bars!r} is invalid: use a length between 0 and {MAX_BARS:g} bars")
+    return float(bars)
+
+
+def check_variations(n, label: str = "variations") -> int:
+    if not is_whole(n) or not 1 <= n <= MAX_VARIATIONS:
+        raise ControlError(f"{label} {n!r} is invalid: use 1 to {MAX_VARIATIONS} continuations")
+    return int(n)
 
 
 def beats_per_bar(piece: Piece) -> float:
@@ -60,6 +77,7 @@ def continue_rows(
     per = ticks_per_unit(v)
     rngs = [np.random.default_rng(s) for s in seeds]
     decoders = [StreamDecoder(v) for _ in range(b)]
+    guards = [OutputGuard(v, runtime.source) for _ in range(b)]
     out: list[list[int]] = [[] for _ in range(b)]
     done = [False] * b
     recent: list[list[float]] = [[] for _ in range(b)]
@@ -86,6 +104,7 @@ def continue_rows(
                 tok = _wait_to(v, dec.time, end_time)
                 if tok is None:
                     continue
+            guards[r].check(tok)
             grammars[r].update(tok)
             dec.feed(tok)
             if v.kind[tok] == NOTE and v.vbin[tok] > 0:
@@ -123,8 +142,8 @@ def generate(
     (strength > 0.5), minus muted ones.
     """
     v = runtime.vocab
-    if bars <= 0:
-        raise ValueError(f"bars must be positive, got {bars}")
+    bars = check_bars(bars)
+    check_variations(variations)
     wanted = set(prompt.families) | {f for f, s in controls.strengths.items() if s > 0.5}
     families = sorted((f for f in wanted if controls.strengths.get(f, 0.5) > 0), key=lambda f: v.family_index.get(f, 99))
     # no seed asked: draw one, so every clip still records the seed that recalls it

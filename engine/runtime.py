@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .checkpoint import ModelOutputError
 from .features import FeatureTracker
 from .vocab import Vocabulary
 
@@ -22,6 +23,7 @@ class CachedRuntime(ABC):
     """Shared bookkeeping; subclasses implement `_run`, `_clear` and `_fork_cache`."""
 
     name = "base"
+    source: str | None = None  # the model folder, for messages (set by `open_runtime`)
 
     def __init__(self, vocab: Vocabulary, context: int, batch: int = 1):
         self.vocab = vocab
@@ -76,6 +78,7 @@ class CachedRuntime(ABC):
         if self.batch != 1:
             raise ValueError("fork a runtime of batch 1")
         new = self._fork_cache(n)
+        new.source = self.source
         new.position = self.position
         new.trackers = [self.trackers[0].copy() for _ in range(n)]
         new.history = [list(self.history[0]) for _ in range(n)]
@@ -106,12 +109,21 @@ class CachedRuntime(ABC):
             self.history[r].extend(int(t) for t in tokens[r])
             self.feature_history[r].extend(feats[r])
         if self.position + n > self.context:
-            return self._slide()
+            return self._checked(self._slide())
         logits = None
         # long appends go in chunks so no single call holds n x context attention
         for s in range(0, n, 512):
             logits = self._run(tokens[:, s : s + 512], feats[:, s : s + 512], self.position)
             self.position += min(512, n - s)
+        return self._checked(logits)
+
+    def _checked(self, logits: np.ndarray) -> np.ndarray:
+        """Logits as they came, if every one is a number (a few µs at V = 8487): NaN or
+        infinity means damaged weights (or a runtime gone wrong), and sampling from them
+        would pick garbage at full speed -- hundreds of notes at one instant -- so it stops here."""
+        if not np.isfinite(logits).all():
+            raise ModelOutputError(f"model {self.source or '(in memory)'} produced invalid numbers (NaN or infinity) "
+                                   f"on {self.name}; its weights may be damaged: re-copy or retrain the model")
         return logits
 
     def _slide(self) -> np.ndarray:

@@ -19,7 +19,9 @@ import numpy as np
 
 from musebridge.errors import MuseBridgeError
 
-from .vocab import INSTRUMENT, NOTE, SPECIAL, STYLE, TEMPO, TIMESIG, Vocabulary
+from .checkpoint import ModelOutputError
+
+from .vocab import INSTRUMENT, NOTE, PEDAL, SPECIAL, STYLE, TEMPO, TIMESIG, WAIT, Vocabulary, is_real, is_whole
 
 # 8 nats at strength 1: measured with the shipped model on a piano phrase (4 bars, 4 seeds),
 # a bias of 3 or 5 brought in no bass or guitar at all (the data rarely pairs them with
@@ -65,6 +67,56 @@ def parse_key(text: str) -> frozenset[int]:
     return frozenset((root + i) % 12 for i in SCALES[scale])
 
 
+# --- the valid range of every control: one definition, used by SamplingControls (the app,
+# the session, saved settings) and by the CLI's option types (cli/options.py) --------------
+SEED_MAX = 2**32 - 1  # what a clip's metadata and a DAW's number field hold; numpy takes any such seed
+TEMPERATURE_RANGE = (0.001, 100.0)  # below 1e-3 logits / T leave float range; above 100 is uniform noise
+DENSITY_MAX = 64.0  # note-ons per beat
+
+
+def check_seed(seed, label: str = "seed") -> int | None:
+    """A seed is absent (None: drawn) or a whole number 0..SEED_MAX."""
+    if seed is None:
+        return None
+    if not is_whole(seed) or not 0 <= seed <= SEED_MAX:
+        raise ControlError(f"{label} {seed!r} is invalid: use a whole number from 0 to {SEED_MAX}")
+    return int(seed)
+
+
+def check_temperature(t, label: str = "temperature") -> float:
+    lo, hi = TEMPERATURE_RANGE
+    if not is_real(t) or not lo <= t <= hi:
+        raise ControlError(f"{label} {t!r} is invalid: use a number from {lo:g} to {hi:g} (try 0.8-1.2)")
+    return float(t)
+
+
+def check_top_k(k, label: str = "top-k") -> int:
+    if not is_whole(k) or k < 0:
+        raise ControlError(f"{label} {k!r} is invalid: use 0 (off) or a positive whole number")
+    return int(k)
+
+
+def check_top_p(p, label: str = "top-p") -> float:
+    if not is_real(p) or not 0 < p <= 1:
+        raise ControlError(f"{label} {p!r} is invalid: use a number in (0, 1] (1 is off)")
+    return float(p)
+
+
+def check_density(d, label: str = "density") -> float | None:
+    """Absent (None: free) or note-ons per beat in (0, DENSITY_MAX)."""
+    if d is None:
+        return None
+    if not is_real(d) or not 0 < d < DENSITY_MAX:
+        raise ControlError(f"{label} {d!r} is invalid: use note-ons per beat in (0, {DENSITY_MAX:g})")
+    return float(d)
+
+
+def check_strength(family: str, s) -> float:
+    if not is_real(s) or not 0.0 <= s <= 1.0:
+        raise ControlError(f"strength {family}={s!r} is invalid: use 0 to 1 (0 mutes, 0.5 neutral, 1 favours)")
+    return float(s)
+
+
 @dataclass(frozen=True)
 class SamplingControls:
     """What the user steers with. Validated on creation: bad values get one clear line."""
@@ -78,19 +130,19 @@ class SamplingControls:
     density: float | None = None  # target note-ons per beat
 
     def __post_init__(self) -> None:
-        if not (self.temperature > 0 and math.isfinite(self.temperature)):
-            raise ControlError(f"temperature {self.temperature} must be a positive number (try 0.8-1.2)")
-        if self.top_k < 0:
-            raise ControlError(f"top-k {self.top_k} must be 0 (off) or a positive count")
-        if not 0 < self.top_p <= 1:
-            raise ControlError(f"top-p {self.top_p} must be in (0, 1] (1 is off)")
+        check_temperature(self.temperature)
+        check_top_k(self.top_k)
+        check_top_p(self.top_p)
+        check_seed(self.seed)
+        if not isinstance(self.strengths, dict):
+            raise ControlError(f"strengths {self.strengths!r} must map families to 0..1")
         for fam, s in self.strengths.items():
-            if not (0.0 <= s <= 1.0):
-                raise ControlError(f"strength {fam}={s} must be between 0 and 1 (0 mutes, 0.5 neutral, 1 favours)")
+            check_strength(fam, s)
         if self.key is not None:
+            if not isinstance(self.key, str):
+                raise ControlError(f"key {self.key!r} not understood; write e.g. 'C major', 'F# minor', 'Bb dorian'")
             parse_key(self.key)
-        if self.density is not None and not (0 < self.density < 64):
-            raise ControlError(f"density {self.density} must be notes per beat in (0, 64)")
+        check_density(self.density)
 
     def with_(self, **changes) -> "SamplingControls":
         return replace(self, **changes)
@@ -175,6 +227,59 @@ class Grammar:
     def closing_tokens(self) -> list[int]:
         """Note-offs for every sounding key: what generation appends before it stops."""
         return [int(self.off_id[k]) for k in sorted(self.sounding)]
+
+
+# What one instant (no wait between) of generated music can hold. Real music strikes each key
+# once per instant (unisons merge in the data) and puts well under 100 tokens there; even an
+# untrained random model (the tests' tiny ones) strikes a key at most twice and stays near 500
+# tokens (measured: 2 and 503, with strength 1 favouring one family). A damaged model floods:
+# one key struck hundreds of times at tick 0, or tokens forever without time passing.
+MAX_STRIKES_PER_KEY = 4  # onsets of one (family, pitch) at one instant
+MAX_PEDALS_PER_FAMILY = 4  # pedal changes of one family at one instant (re-pedalling is 2)
+MAX_TOKENS_PER_INSTANT = 2048  # anything at one instant; at ~1 ms a step a stuck answer ends in seconds
+
+
+class OutputGuard:
+    """The bounds above, checked on every sampled token of one answer (one row).
+
+    Both decode loops use it -- `generate.continue_rows` and the jam's `Timeline.generate` --
+    on what the model samples, never on what the player plays. Breaking a bound raises
+    `ModelOutputError`: the answer stops with one clear line instead of flooding a DAW.
+    """
+
+    def __init__(self, vocab: Vocabulary, source: str | None = None):
+        self.vocab = vocab
+        self.source = source
+        self.strikes: dict[tuple[int, int], int] = {}
+        self.pedals: dict[int, int] = {}
+        self.tokens = 0
+
+    def check(self, token: int) -> None:
+        v = self.vocab
+        kind = v.kind[token]
+        if kind == WAIT:  # time passes: a new instant
+            if self.tokens:
+                self.strikes.clear()
+                self.pedals.clear()
+                self.tokens = 0
+            return
+        self.tokens += 1
+        if self.tokens > MAX_TOKENS_PER_INSTANT:
+            self._fail(f"more than {MAX_TOKENS_PER_INSTANT} tokens without time passing")
+        fam = int(v.family[token])
+        if kind == NOTE and v.vbin[token] > 0:
+            key = (fam, int(v.pitch[token]))
+            n = self.strikes[key] = self.strikes.get(key, 0) + 1
+            if n > MAX_STRIKES_PER_KEY:
+                self._fail(f"{v.families[fam].name} note {key[1]} struck {n} times at one instant")
+        elif kind == PEDAL:
+            n = self.pedals[fam] = self.pedals.get(fam, 0) + 1
+            if n > MAX_PEDALS_PER_FAMILY:
+                self._fail(f"{v.families[fam].name} pedal changed {n} times at one instant")
+
+    def _fail(self, what: str) -> None:
+        raise ModelOutputError(f"model {self.source or '(in memory)'} produced output that is not music ({what}); "
+                               "its weights may be damaged: re-copy or retrain the model")
 
 
 class LogitShaper:

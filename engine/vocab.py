@@ -36,6 +36,17 @@ TIMESIG_DENOMINATORS = (2, 4, 8, 16)
 TIMESIG_MAX_NUMERATOR = 16
 
 
+def is_whole(value) -> bool:
+    """An integer that is not a bool: a size read from a file or a user (JSON `true` is no size)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def is_real(value) -> bool:
+    """A finite number that is not a bool (NaN and infinity are never a setting)."""
+    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+            and math.isfinite(value))
+
+
 @dataclass(frozen=True)
 class VocabConfig:
     """Everything that decides the token layout. Saved with the vocabulary."""
@@ -54,20 +65,39 @@ class VocabConfig:
     styles: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        """Every field checked (type and a range any real vocabulary has), so a damaged
+        vocab.json is one line, never a failure or a huge allocation while building ids."""
         problems = []
-        if self.time_mode not in ("beats", "seconds"):
+
+        def whole(name: str, lo: int, hi: int, hint: str = "") -> bool:
+            value = getattr(self, name)
+            if is_whole(value) and lo <= value <= hi:
+                return True
+            problems.append(f"{name} {value!r} (use a whole number {lo}..{hi}{hint})")
+            return False
+
+        if not isinstance(self.time_mode, str) or self.time_mode not in ("beats", "seconds"):
             problems.append(f"time_mode {self.time_mode!r} (use 'beats' or 'seconds')")
-        if not 1 <= self.ticks_per_beat <= 96:
-            problems.append(f"ticks_per_beat {self.ticks_per_beat} (use 1..96, e.g. 12 or 4)")
-        if not 1 <= self.velocity_bins <= 127:
-            problems.append(f"velocity_bins {self.velocity_bins} (use 1..127, e.g. 8)")
-        if self.max_wait_beats < 1 or self.wait_ms < 1 or self.max_wait_ms < self.wait_ms:
-            problems.append("wait sizes (max_wait_beats >= 1, 1 <= wait_ms <= max_wait_ms)")
-        if self.tempo_bins < 2 or not 0 < self.min_bpm < self.max_bpm:
-            problems.append("tempo bins (tempo_bins >= 2, 0 < min_bpm < max_bpm)")
-        unknown = [f for f in self.families if f not in FAMILY_BY_NAME]
-        if unknown:
+        whole("ticks_per_beat", 1, 96, ", e.g. 12 or 4")
+        whole("velocity_bins", 1, 127, ", e.g. 8")
+        whole("max_wait_beats", 1, 64)
+        if whole("wait_ms", 1, 1000):
+            whole("max_wait_ms", self.wait_ms, 60_000)
+        if not isinstance(self.drum_note_offs, bool):
+            problems.append(f"drum_note_offs {self.drum_note_offs!r} (use true or false)")
+        whole("tempo_bins", 2, 1024)
+        if not (is_real(self.min_bpm) and is_real(self.max_bpm) and 1 <= self.min_bpm < self.max_bpm <= 1000):
+            problems.append(f"tempo range {self.min_bpm!r}..{self.max_bpm!r} (use 1 <= min_bpm < max_bpm <= 1000)")
+        names_ok = all(isinstance(n, str) for n in (*self.families, *self.styles))
+        if not names_ok:
+            problems.append("families and styles must be names (strings)")
+        elif not self.families or len(set(self.families)) != len(self.families):
+            problems.append(f"families {list(self.families)} (each known family at most once, at least one)")
+        elif [f for f in self.families if f not in FAMILY_BY_NAME]:
+            unknown = [f for f in self.families if f not in FAMILY_BY_NAME]
             problems.append(f"families {unknown} (known: {', '.join(FAMILY_BY_NAME)})")
+        if names_ok and (len(set(self.styles)) != len(self.styles) or len(self.styles) > 100_000):
+            problems.append("styles (each at most once, at most 100000)")
         if problems:
             raise VocabError("bad vocabulary config: " + "; ".join(problems))
 
@@ -259,9 +289,11 @@ class Vocabulary:
             cfg["families"] = tuple(cfg["families"])
             cfg["styles"] = tuple(cfg["styles"])
             vocab = cls(VocabConfig(**cfg))
-        except (KeyError, TypeError) as e:
+        except VocabError as e:
+            raise VocabError(f"{source}: {e}; re-copy or re-export the model") from None
+        except (KeyError, TypeError, ValueError) as e:
             raise VocabError(f"{source} has a malformed config ({e}); re-export the model") from None
-        if vocab.names != d.get("tokens"):
+        if d.get("size", len(vocab)) != len(vocab) or vocab.names != d.get("tokens"):
             raise VocabError(f"{source}: token list does not match its config; the file is corrupt or was edited")
         return vocab
 

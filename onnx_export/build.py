@@ -59,11 +59,13 @@ def model_folder(folder: str | Path | None) -> Path:
 
 
 def read_config(folder: str | Path | None) -> GraphConfig:
-    """The graph sizes of a model folder (one-line errors for a bad folder)."""
-    from musebridge.engine.checkpoint import read_model_config
+    """The graph sizes of a model folder, checked by the same rules as the PyTorch loader
+    (`checkpoint.read_model_config`, `load_vocab`): one-line errors for a bad folder."""
+    from musebridge.engine.checkpoint import load_vocab, read_model_config
 
     folder = model_folder(folder)
-    section = dict(read_model_config(folder).get("model") or {})
+    section = read_model_config(folder)["model"]
+    load_vocab(folder)  # the vocabulary agrees with the sizes
     try:
         return GraphConfig.from_dict(section)
     except (KeyError, TypeError, ValueError) as e:
@@ -71,39 +73,23 @@ def read_config(folder: str | Path | None) -> GraphConfig:
 
 
 def expected_shapes(cfg: GraphConfig) -> dict[str, tuple[int, ...]]:
-    d, f = cfg.d_model, cfg.mlp_ratio * cfg.d_model
-    shapes = {"tok.weight": (cfg.vocab_size, d), "phase.weight": (cfg.ticks_per_beat, d), "beat.weight": (48, d),
-              "chord.weight": (16, d), "part.weight": (129, d), "countdown.weight": (129, d),
-              "ln_f.weight": (d,), "ln_f.bias": (d,)}
-    for i in range(cfg.n_layer):
-        p = f"blocks.{i}."
-        shapes.update({p + "ln1.weight": (d,), p + "ln1.bias": (d,), p + "ln2.weight": (d,), p + "ln2.bias": (d,),
-                       p + "attn.qkv.weight": (3 * d, d), p + "attn.proj.weight": (d, d),
-                       p + "mlp.fc.weight": (f, d), p + "mlp.proj.weight": (d, f)})
-    return shapes
+    """Every tensor of a model of these sizes (`checkpoint.expected_shapes`, the one definition)."""
+    from dataclasses import asdict
+
+    from musebridge.engine.checkpoint import expected_shapes as shapes_of
+
+    return shapes_of(asdict(cfg))
 
 
 def read_weights(folder: str | Path | None) -> tuple[GraphConfig, dict[str, np.ndarray]]:
-    """(config, weights as numpy) of a model folder, checked against each other. No torch."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    """(config, weights as numpy) of a model folder, checked against each other, their
+    checksum and for NaN/huge values by `checkpoint.read_weights` (the PyTorch loader's
+    checks). No torch."""
+    from musebridge.engine.checkpoint import read_weights as checked_weights
 
     folder = model_folder(folder)
     cfg = read_config(folder)
-    path = folder / "model.safetensors"
-    try:
-        weights = load_file(str(path))
-    except FileNotFoundError:
-        raise _model_error(f"{path} is missing; re-copy or retrain the model") from None
-    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as e:
-        msg = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-        raise _model_error(f"{path} is corrupt ({msg}); re-copy or retrain the model") from None
-    for key, shape in expected_shapes(cfg).items():
-        got = weights.get(key)
-        if got is None or tuple(got.shape) != shape or got.dtype not in (np.float16, np.float32):
-            what = "missing" if got is None else f"{got.dtype} {tuple(got.shape)}, expected {shape}"
-            raise _model_error(f"{path} does not match its config ({key}: {what})")
-    return cfg, weights
+    return cfg, checked_weights(folder)
 
 
 def model_hash(folder: str | Path | None) -> str:
