@@ -20,10 +20,12 @@ busy machine loses or duplicates events between clients (measured on 2 loaded co
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import queue
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -165,7 +167,45 @@ def _no_alsa() -> MuseBridgeError:
                            f"`modprobe snd-seq`, or start a JACK server and use --api jack")
 
 
-_listers: dict[tuple, tuple] = {}  # (api, JACK server) -> (MidiIn, MidiOut) kept for listing
+# --- a JACK server that dies under us ------------------------------------------------------------
+#
+# Measured with python-rtmidi 1.5.8 and jackd2 1.9.21, server killed (-9 or TERM): our
+# clients notice nothing (no error callback, is_port_open() stays True, get_ports() returns
+# the old list, sends vanish), and closing or deleting such a client once this process
+# has opened any new JACK client segfaults. So the server is watched from outside libjack
+# (`jack_server_id`), and a client of a dead server is never closed: it is abandoned
+# (`abandon`) and a new one made when the server is back.
+
+
+def jack_server_id(name: str | None = None) -> tuple[int, int] | None:
+    """Which JACK server instance (`name`, else the environment's) answers now, or None.
+
+    Cheap enough to ask twice a second: a stat and a connect on the server's socket in
+    /dev/shm, no JACK client. A server that was killed leaves the socket file (connect is
+    refused); one restarted under the same name has a new file, so a different id."""
+    name = name or os.environ.get("JACK_DEFAULT_SERVER") or "default"
+    path = f"/dev/shm/jack_{name}_{os.getuid()}_0"
+    try:
+        st = os.stat(path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.2)
+            sock.connect(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_ctime_ns)
+
+
+_abandoned: list = []  # clients of dead servers: kept alive so that nothing ever frees them
+
+
+def abandon(rt) -> None:
+    """Let go of an rtmidi client whose JACK server died, without closing it (that can
+    segfault, see above). An extra reference keeps it from ever being freed, even at exit."""
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(rt))
+    _abandoned.append(rt)
+
+
+_listers: dict[tuple, tuple] = {}  # (api, JACK server) -> (MidiIn, MidiOut, server id) kept for listing
 _listers_lock = threading.Lock()
 
 
@@ -180,8 +220,14 @@ def list_ports(api: str | int = "auto") -> tuple[list[str], list[str]]:
     with _listers_lock:
         for attempt in range(2):  # a stale client (its server restarted) is replaced once
             pair = _listers.get(key)
+            sid = jack_server_id() if api == rtmidi.API_UNIX_JACK else None
+            if pair is not None and pair[2] != sid:  # its server died (and may be back): a dead client lists lies
+                for rt in pair[:2]:
+                    abandon(rt)
+                del _listers[key]
+                pair = None
             if pair is None:
-                pair = _listers[key] = tuple(_rtmidi(cls, api, f"{CLIENT_NAME} ports") for cls in (rtmidi.MidiIn, rtmidi.MidiOut))
+                pair = _listers[key] = (*(_rtmidi(cls, api, f"{CLIENT_NAME} ports") for cls in (rtmidi.MidiIn, rtmidi.MidiOut)), sid)
             try:
                 return list(pair[0].get_ports()), list(pair[1].get_ports())
             except (rtmidi.RtMidiError, RuntimeError, SystemError) as e:
@@ -243,7 +289,9 @@ class _Port:
             raise MuseBridgeError("virtual MIDI ports do not exist on Windows: install loopMIDI, create a port "
                                   f"there, and pass its name (e.g. --{'in' if self.kind == 'input' else 'out'} "
                                   "'loopMIDI Port')")
+        self.client_name = client_name
         self._rt = _rtmidi(self._rt_class, self.api, client_name)
+        self.server_id = jack_server_id() if self.api == rtmidi.API_UNIX_JACK else None
         try:
             self._configure()
             if self.virtual:
@@ -255,6 +303,52 @@ class _Port:
             rt, self._rt = self._rt, None
             rt.delete()
             raise
+
+    def server_lost(self) -> bool:
+        """True once the JACK server this port's client lives on has gone (killed, stopped,
+        or restarted since): nothing sent arrives, nothing arrives. Other APIs: False."""
+        return self.server_id is not None and jack_server_id() != self.server_id
+
+    def abandon_client(self) -> None:
+        """The server died: drop the dead client without closing it (`abandon`). The port
+        stays unusable (sends raise) until `reopen`."""
+        with self._lock:
+            rt, self._rt = self._rt, None
+        self._client_gone()
+        if rt is not None:
+            abandon(rt)
+
+    def _client_gone(self) -> None:
+        """Called after the client was dropped (inputs: stop polling it)."""
+
+    def reopen(self) -> bool:
+        """After the JACK server came back: a new client and port, as first opened (the
+        virtual port again, or the peer by name). False while no server answers; a named
+        peer that is not back yet leaves the port lost for `reconnect` to retry."""
+        if self.api != rtmidi.API_UNIX_JACK or jack_server_id() is None:
+            return False
+        if self._rt is not None:
+            self.abandon_client()
+        try:
+            rt = _rtmidi(self._rt_class, self.api, self.client_name)
+        except MuseBridgeError:
+            return False
+        with self._lock:
+            self._rt = rt
+            self.server_id = jack_server_id()
+            self._configure()
+            if self.virtual:
+                rt.open_virtual_port(self.local_name)
+            else:
+                try:
+                    self._open_by_name()
+                except MuseBridgeError:
+                    self._lost = True
+        self._client_back()
+        return True
+
+    def _client_back(self) -> None:
+        """Called once `reopen` made a new client (inputs: poll it)."""
 
     def _configure(self) -> None:
         """Set up the rtmidi object before its port opens (inputs: callback, filters)."""
@@ -315,7 +409,10 @@ class _Port:
             return True
 
     def close(self) -> None:
-        """Close the port and free the client; safe to call twice."""
+        """Close the port and free the client; safe to call twice. A client whose JACK
+        server died is abandoned instead (closing it can segfault)."""
+        if self._rt is not None and self.server_lost():
+            self.abandon_client()
         with self._lock:
             rt, self._rt = self._rt, None
         if rt is not None:
@@ -481,6 +578,21 @@ class MidiInput(_Port):
 
     def _configure(self) -> None:
         self._rt.ignore_types(sysex=False, timing=False, active_sense=False)
+
+    def _client_gone(self) -> None:
+        """The poller ends by itself (it finds no client); its reset client died too."""
+        poller = getattr(self, "_poller", None)
+        if poller is not None and poller.is_alive() and poller is not threading.current_thread():
+            poller.join(timeout=1.0)
+        reset, self._reset = self._reset, None
+        if reset is not None:
+            abandon(reset._out)
+
+    def _client_back(self) -> None:
+        if self.api == rtmidi.API_UNIX_JACK:
+            self._attach_reset()
+        self._poller = threading.Thread(target=self._poll_loop, name=f"midi-in {self.name}", daemon=True)
+        self._poller.start()
 
     def _attach_reset(self) -> None:
         """Open (or reconnect) the sysex reset client; without it the input still works,

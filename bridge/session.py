@@ -36,6 +36,7 @@ from musebridge.errors import MuseBridgeError
 from .cc_map import CCMap
 from .clock import ClockFollower, InternalClock
 from .config import MODES, JamConfig
+from .safety import DropCounters
 from .scheduler import Scheduled, Scheduler
 from .timeline import Timeline
 
@@ -103,12 +104,18 @@ class JamSession:
         self._next_port_check = 0.0
         self.latency_comp_ms = self.cfg.latency_ms or 0.0
         self._lost_ports: set[str] = set()
+        self.server_lost = False  # the JACK server died under the ports and has not returned (yet)
         self.controls = self.cfg.controls
         self._controls_changed = True
         self.mode = self.cfg.mode
         self.state = "stopped"  # stopped | listening | answering | accompanying
         self.origin = 0.0
         self.counters: dict[str, int] = {"ignored": 0, "notes_in": 0, "echo": 0, "answers": 0}
+        # what the MIDI input threw away (garbage, sysex, rtmidi's queue overflowing): one
+        # object for the session, so the counts outlive a reopened input port
+        self.input_dropped = DropCounters()
+        self._drops_reported = 0
+        self._next_drop_report = 0.0
         self.latencies: dict[str, deque] = {"first_token_ms": deque(maxlen=500), "phrase_to_note_ms": deque(maxlen=500)}
         # generation speed: tokens per second, and seconds of music per second of compute
         self.throughput: dict[str, deque] = {"tokens_per_s": deque(maxlen=500), "realtime_x": deque(maxlen=500)}
@@ -152,7 +159,8 @@ class JamSession:
             from .ports import MidiInput, MidiOutput
 
             self.out = MidiOutput(self.cfg.out_port, api=self.cfg.api)
-            self.inp = MidiInput(self.cfg.in_port, api=self.cfg.api, callback=self._on_midi)
+            self.inp = MidiInput(self.cfg.in_port, api=self.cfg.api, callback=self._on_midi,
+                                 dropped=self.input_dropped)
         send = self.out.send if self.out is not None else (lambda m: None)
         self.scheduler = Scheduler(send, self._time_at, late_s=self.cfg.late_ms / 1000,
                                    max_note_s=self.cfg.max_note_beats * 60.0 / self.cfg.bpm,
@@ -267,7 +275,8 @@ class JamSession:
         lat = {k: _pct(v) for k, v in self.latencies.items()}
         speed = {k: _pct(v) for k, v in self.throughput.items()}
         return {"jitter": sc, "latency": lat, "throughput": speed, "counters": dict(self.counters),
-                "answers": len(self.history)}
+                "answers": len(self.history), "input_dropped": self.input_dropped.as_dict(),
+                "lost_ports": sorted(self._lost_ports)}
 
     # --- MIDI in (rtmidi's thread) ------------------------------------------------------------
     def _on_midi(self, msg: bytes, t: float) -> None:
@@ -313,6 +322,7 @@ class JamSession:
                             break
                 self._flush_input()
                 self._watch_ports()
+                self._report_drops()
                 if self.mode in ("call", "oneshot"):
                     self._call_tick()
                 elif self.mode == "accompany":
@@ -336,6 +346,8 @@ class JamSession:
             return
         self._next_port_check = now + 0.5
         self._update_latency()
+        if self._watch_server():
+            return
         for role, port in (("output", self.out), ("input", self.inp)):
             if port is None or port.virtual:
                 continue
@@ -356,6 +368,49 @@ class JamSession:
                     self._roll_released()
                 self.emit("port", role=role, name=port.name, state="lost",
                           message=f"MIDI {role} {port.name!r} vanished; retrying every 0.5 s")
+
+    def _report_drops(self) -> None:
+        """At most every half second: an `input_dropped` event when the input lost more."""
+        now = time.monotonic()
+        if now < self._next_drop_report:
+            return
+        self._next_drop_report = now + 0.5
+        total = self.input_dropped.total
+        if total != self._drops_reported:
+            self._drops_reported = total
+            self.emit("input_dropped", total=total, **self.input_dropped.as_dict())
+
+    def _watch_server(self) -> bool:
+        """The JACK server under both ports died (or restarted): say so, forget everything
+        scheduled (its note-offs cannot reach a dead server, and when it returns nothing
+        from before may sound), and once it answers again re-create the ports, virtual or
+        by name. True while the ports are down."""
+        ports = [(role, p) for role, p in (("output", self.out), ("input", self.inp)) if p is not None]
+        if not self.server_lost:
+            if not any(p.server_lost() for _, p in ports):
+                return False
+            self.server_lost = True
+            for _, p in ports:
+                p.abandon_client()
+            self._lost_ports.update(role for role, _ in ports)
+            if self.scheduler is not None:
+                self.scheduler.panic()
+                self._roll_released()
+            self._cancel_answer()
+            self._release_held(self._song_beat() - self.origin)
+            self.error = "the JACK server stopped: MIDI ports lost; waiting for it to return"
+            self.emit("error", message=self.error, cause="port_lost")
+            self.emit("port_lost", ports=[role for role, _ in ports])
+            return True
+        if not all(p.reopen() for _, p in ports if p.closed or p.server_lost()):
+            return True
+        self.server_lost = False
+        self._lost_ports = {role for role, p in ports if not p.virtual and not p.connected()}
+        self.error = None
+        self.emit("port_restored", ports=[role for role, _ in ports], input=getattr(self.inp, "name", None),
+                  output=getattr(self.out, "name", None))
+        self._send_programs()
+        return False
 
     def _update_latency(self) -> None:
         """Auto latency compensation (latency_ms unset): a driver that delivers MIDI once per

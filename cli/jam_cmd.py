@@ -88,9 +88,13 @@ def jam(in_port, out_port, api, mode, bars, bpm, beats_per_bar, clock, backend, 
             if t_end is not None and time.monotonic() >= t_end:
                 break
     finally:
+        lost = session.server_lost  # read before stop() closes the ports
         session.stop()
         for s, h in old.items():
             signal.signal(s, h)
+    if lost:
+        raise MuseBridgeError("the JACK server stopped during the jam and never came back: the MIDI ports were lost "
+                              "(notes it was playing may still sound in the synth); start JACK and run the jam again")
 
 
 def _saving(listener, folder: Path, session_of, beats_per_bar: int, model: str | None, quiet: bool):
@@ -152,7 +156,7 @@ def _human_listener(rec: dict) -> None:
     elif ev == "answer_start":
         click.echo(f"answer {rec['tag']}: first token {rec.get('first_token_ms')} ms after the phrase, "
                    f"on the beat within {rec.get('error_ms')} ms", err=True)
-    elif ev in ("error", "panic", "mode", "transport", "midi_learn", "port"):
+    elif ev in ("error", "panic", "mode", "transport", "midi_learn", "port", "port_lost", "port_restored"):
         click.echo(f"{ev}: {', '.join(f'{k}={v}' for k, v in rec.items() if k not in ('event', 't'))}", err=True)
     elif ev == "stopped":
         j = rec.get("jitter", {})

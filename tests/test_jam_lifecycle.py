@@ -151,3 +151,66 @@ def test_jam_in_unknown_port_lists_only_other_programs_ports(jack_server):
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert lines[0].startswith("error: no MIDI input port 'Nope'; available: ") and "keys:Keys Out" in lines[0], lines
     assert "MuseBridge Out" not in lines[0], lines[0]
+
+
+PLAYER = """
+import sys, time
+from musebridge.bridge.jam_probe import Daw
+daw = Daw("after")
+daw.note(62, True); time.sleep(0.1); daw.note(62, False)
+end = time.monotonic() + 8
+while daw.first_note_after(0) is None and time.monotonic() < end:
+    time.sleep(0.01)
+ok = daw.first_note_after(0) is not None
+daw.close()
+sys.exit(0 if ok else 1)
+"""
+
+
+def test_jack_server_dies_and_returns():
+    """kill -9 of the JACK server: the jam says so (`error`, `port_lost`), and when a server
+    of that name is back it re-creates its ports within 2 s and answers again; a server
+    that never returns makes the jam exit nonzero with one clear line (before: no event,
+    no ports ever again, and a clean "stopped")."""
+    from musebridge.bridge.jack_server import JackServer, remove_stale_shm
+
+    name = f"mbf13_{os.getpid()}"
+    srv = JackServer(name).start()  # our own server: the shared fixture's is never killed
+    env = {**srv.env, "MUSEBRIDGE_MIDI_API": "jack"}
+    jam = Jam("--mode", "call", "--bars", "0.5", "--silence", "0.5", "--seed", "2", "--strength", "drums=0", env=env)
+    srv2 = None
+    try:
+        assert jam.wait_for("ready", 60), "".join(jam.stderr)
+        n = len(jam.events)
+        srv.proc.kill()
+        srv.proc.wait(5)
+        err = jam.wait_for("error", 3, since=n, cause="port_lost")
+        assert err is not None and jam.wait_for("port_lost", 1, since=n), jam.events[n:]
+        srv.stop()  # (its shared-memory files go)
+        remove_stale_shm(name)
+        srv2 = JackServer(name).start()
+        t_back = time.monotonic()
+        back = jam.wait_for("port_restored", 5, since=n)
+        took = time.monotonic() - t_back
+        assert back is not None, jam.events[n:]
+        # a player on the new server, in its own process: libjack keeps one server per process
+        r = subprocess.run([sys.executable, "-c", PLAYER], env=env, capture_output=True, text=True, timeout=60)
+        answered = r.returncode == 0
+        print(f"ports back {took:.2f} s after the server")
+        assert took <= 2.0, f"ports back only {took:.2f} s after the server"
+        assert answered, f"no answer after the server came back: {r.stderr[-1000:]}"
+        n = len(jam.events)
+        srv2.proc.kill()  # and now it never comes back
+        srv2.proc.wait(5)
+        assert jam.wait_for("port_lost", 3, since=n), jam.events[n:]
+        jam.proc.send_signal(signal.SIGTERM)
+        rc = jam.proc.wait(10)
+    finally:
+        jam.kill()
+        for s in (srv, srv2):
+            if s is not None:
+                s.stop()
+        remove_stale_shm(name)
+    time.sleep(0.2)
+    lines = [line for line in "".join(jam.stderr).splitlines() if line.startswith("error:")]
+    assert rc == 2 and len(lines) == 1 and "JACK server stopped" in lines[0], (rc, "".join(jam.stderr)[-1500:])
