@@ -876,7 +876,11 @@ class MainWindow(QMainWindow):
         problems = [p for p in (self.error, self.port_problem) if p]
         self.st_error.setText("  ·  ".join(problems))
         c = s.counters
-        self.st_state.setText(f"{c.get('notes_in', 0)} notes in · {len(s.history)} answers")
+        text = f"{c.get('notes_in', 0)} notes in · {len(s.history)} answers"
+        dropped = s.input_dropped.total  # garbage, sysex and queue overflows the input threw away
+        if dropped:
+            text += f" · {dropped} input message{'s' if dropped != 1 else ''} dropped"
+        self.st_state.setText(text)
 
     # --- closing ------------------------------------------------------------------------------------
     def closeEvent(self, e) -> None:

@@ -259,6 +259,25 @@ def test_after_garbage_over_jack_the_next_note_is_always_heard(raw_sender, piece
     assert got and got[-1] == note, (pieces, got)
 
 
+def test_a_burst_that_overflows_the_drivers_queue_is_counted(jack_server, monkeypatch, capfd):
+    """rtmidi says it lost messages only on stderr (no error callback): a drain that finds its
+    queue full must count an overflow. A queue of 64 against a burst of 2,000 notes."""
+    monkeypatch.setattr(ports_mod, "QUEUE_SIZE", 64)
+    with MidiInput("small in", virtual=True, client_name="smallq") as inp:
+        out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="burster")
+        try:
+            out.open_port(out.get_ports().index("smallq:small in"))
+            time.sleep(ports_mod.JACK_SETTLE_S)
+            for k in range(2000):
+                out.send_message([0x90, k % 128, 1])
+            got = drain(inp, 2000, timeout=2)
+        finally:
+            out.close_port()
+            out.delete()
+    assert "queue limit reached" in capfd.readouterr().err  # rtmidi did lose some
+    assert len(got) < 2000 and inp.dropped.overflow >= 1 and inp.dropped.total == inp.dropped.overflow
+
+
 def test_callback_input_and_echo_of_our_own_notes(loop):
     from musebridge.bridge.safety import EchoGuard
 

@@ -301,3 +301,35 @@ def test_the_real_window_under_xvfb_renders_a_screenshot(tmp_path):
     assert not img.isNull() and img.width() >= 1000 and img.height() >= 600
     colours = {img.pixel(x, y) for x in range(0, img.width(), 37) for y in range(0, img.height(), 23)}
     assert len(colours) > 50  # a drawn window, not a blank screen
+
+
+def test_status_bar_counts_the_input_messages_the_jam_dropped(jack_server, qtbot, tmp_path):
+    """Garbage into the jam's real input shows as "N input messages dropped" in the status bar
+    (read from the session's public counts); a clean session shows no such words."""
+    import rtmidi
+
+    from musebridge.bridge.jam_probe import bridge_port
+    from musebridge.gui.port_watch import PortWatcher
+
+    qs = saved.open_settings(str(tmp_path / "s.ini"))
+    values = {**saved.load(qs), "api": "jack"}
+    host = SessionHost(saved.to_config(values), ports=True, ccmap=CCMap(tmp_path / "m.json", load=False))
+    win = MainWindow(host, qs, values, port_lister=PortWatcher(), refresh_ms=0)
+    qtbot.addWidget(win)
+    raw = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="gui garbage")
+    try:
+        win.toggle_start()
+        qtbot.waitUntil(lambda: host.running and host.idle, timeout=30000)
+        qtbot.waitUntil(lambda: "notes in" in win.st_state.text(), timeout=2000)
+        assert "dropped" not in win.st_state.text()
+        raw.open_port(raw.get_ports().index(bridge_port("In")))
+        time.sleep(0.05)
+        raw.send_message([0x3C, 0x40])  # two stray data bytes
+        raw.send_message([0xF0, 0x01])  # a torn sysex
+        raw.send_message([0x90, 60, 1])  # which ends the sysex, and is heard
+        qtbot.waitUntil(lambda: "3 input messages dropped" in win.st_state.text(), timeout=3000)
+        assert host.session.counters["notes_in"] == 1
+    finally:
+        raw.delete()
+        win.close()
+    assert not host.running
