@@ -3,9 +3,10 @@
 `MidiInput()` / `MidiOutput()` open a *virtual* port others connect to ("MuseBridge In" /
 "MuseBridge Out" of client "MuseBridge"); `MidiInput("Keystation")` *connects* to an
 existing port, matched exactly, else by case-insensitive substring. Messages are plain
-`bytes`. Inputs timestamp each message with `time.perf_counter()` the moment rtmidi
-hands it over, because the clock follower and phrase detection need arrival times on
-the same clock the scheduler sends by.
+`bytes`, one complete message each (inputs parse the driver's bytes as a stream, see
+`MidiInput`). Inputs time each message on the `time.perf_counter()` clock (from the
+driver's own stamps, `ArrivalClock`), because the clock follower and phrase detection
+need arrival times on the same clock the scheduler sends by.
 
 Which MIDI system (`resolve_api`): ALSA on Linux when the sequencer exists, else JACK
 when a server answers; CoreMIDI on macOS; Windows MM on Windows, where virtual ports do
