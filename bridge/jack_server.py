@@ -146,7 +146,11 @@ class JackServer:
                               f"run `{' '.join(self.command)}` to see why")
 
     def stop(self) -> None:
-        """SIGTERM, wait up to 10 s (jackd takes 4-6 s if a client just left), then SIGKILL."""
+        """SIGTERM, wait up to 10 s (jackd takes 4-6 s if a client just left), then SIGKILL.
+
+        A server that did not end cleanly (killed, crashed) is started once more under its
+        name and stopped cleanly: see `_reclaim`.
+        """
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             try:
@@ -159,6 +163,32 @@ class JackServer:
             self._log.close()
             self._log = None
         remove_stale_shm(self.name)
+        if proc is not None and proc.returncode is not None and proc.returncode < 0 \
+                and proc.returncode != -signal.SIGTERM:
+            self._reclaim()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would end it (for tests of a server that dies under a jam);
+        `stop` still tidies up after it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+    def _reclaim(self) -> None:
+        """Free this name's slot in JACK's registry of servers.
+
+        jackd registers itself in `/dev/shm/jack-shm-registry`, which holds 8 servers; one
+        that is killed never unregisters, and JACK reclaims a dead entry only when a server
+        of the same name starts (measured: after a few killed test servers every new one
+        failed with "Too many servers already active"). Starting this name again and
+        stopping it with SIGTERM lets JACK's own code clear the slot.
+        """
+        again = JackServer(self.name, self.rate, self.period, self.jackd)
+        try:
+            again.start()
+        except MuseBridgeError:
+            return  # nothing more to do: the next start of any server will say why
+        again.stop()
 
     def output(self) -> str:
         """What jackd printed so far (for diagnosing a failed start)."""

@@ -412,6 +412,20 @@ def test_jack_server_starts_stops_and_cleans_up_after_itself(jack_server, tmp_pa
         other.unlink(missing_ok=True)
 
 
+def test_killed_servers_do_not_use_up_jacks_registry(jack_server):
+    """JACK's registry holds 8 servers and a killed one never leaves it: after a few
+    crashed test servers no new server could start ("Too many servers already active").
+    `stop` after a kill gives the slot back, so nine crashes in a row leave room."""
+    from musebridge.bridge.jack_server import JackServer, server_answers
+
+    for i in range(9):
+        srv = JackServer(f"mb_crash{i}_{ports_mod.os.getpid()}").start()
+        srv.kill()
+        srv.stop()
+    with JackServer(f"mb_after_{ports_mod.os.getpid()}") as srv:
+        assert server_answers(srv.name)
+
+
 def test_jack_server_that_cannot_start_is_a_one_line_error():
     from musebridge.bridge.jack_server import JackServer
 
