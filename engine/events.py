@@ -15,6 +15,33 @@ from .families import FAMILY_INDEX
 
 DEFAULT_BPM = 120.0
 
+# A rest longer than this is just "a long rest": readers and the encoder cut longer
+# silences down to it, by whole 4-beat cycles so the beat and a 4/4 bar keep their phase.
+# Without it, one legal MIDI delta (up to 2**28 - 1 ticks) is millions of wait tokens.
+MAX_REST_BEATS = 16
+REST_CYCLE_BEATS = 4
+
+# Time signatures a reader keeps: MIDI can say 0/4 or 4/2**255; neither is a bar.
+MAX_TIMESIG_NUMERATOR = 32
+MAX_TIMESIG_DENOMINATOR = 64
+
+
+def cut_rest(gap: int, cap: int, cycle: int) -> int:
+    """`gap` (ticks) if at most `cap`, else shortened by whole `cycle`s to at most `cap`.
+
+    One rule for every clock (file ticks, grid ticks): the rest stays long, keeps its
+    phase modulo `cycle`, and costs O(1) however long it was.
+    """
+    if gap <= cap:
+        return gap
+    return gap - -(-(gap - cap) // cycle) * cycle
+
+
+def valid_time_signature(numerator: int, denominator: int) -> bool:
+    """A bar that can be counted: 1..32 beats of a power-of-two note value 1..64."""
+    return (1 <= numerator <= MAX_TIMESIG_NUMERATOR and 1 <= denominator <= MAX_TIMESIG_DENOMINATOR
+            and denominator & (denominator - 1) == 0)
+
 
 @dataclass(frozen=True, slots=True)
 class Note:

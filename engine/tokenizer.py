@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .events import Event, NoteOff, NoteOn, Pedal, Piece, Tempo, TempoMap, TimeSignature, iter_notes
+from .events import (DEFAULT_BPM, MAX_REST_BEATS, REST_CYCLE_BEATS, Event, NoteOff, NoteOn, Pedal, Piece, Tempo,
+                     TempoMap, TimeSignature, cut_rest, iter_notes)
 from .families import fold_into_range
 from .vocab import END, INSTRUMENT, NOTE, PEDAL, SPECIAL, STYLE, TEMPO, TIMESIG, WAIT, Vocabulary
 
@@ -58,6 +59,10 @@ class StreamEncoder:
         self._tempo: int | None = None
         self._timesig: int | None = None
         self.closed = False
+        # (cap, cycle) of a rest in grid ticks; seconds mode counts beats of DEFAULT_BPM
+        per_beat = (self.cfg.ticks_per_beat if self.cfg.time_mode == "beats"
+                    else max(round(60_000.0 / DEFAULT_BPM / self.cfg.wait_ms), 1))
+        self._rest_limit = (MAX_REST_BEATS * per_beat, REST_CYCLE_BEATS * per_beat)
 
     # --- time ---------------------------------------------------------------------------
     def to_tick(self, time: float) -> int:
@@ -82,8 +87,13 @@ class StreamEncoder:
                 out += self._release(fi, pitch)
 
     def _wait_to(self, tick: int) -> list[int]:
+        """Waits up to `tick`; a rest longer than MAX_REST_BEATS is encoded cut to it.
+
+        The clock (`self.tick`) still moves to `tick`, so a live session keeps song time
+        while the tokens, which only ever see the gap, stay a bounded few per rest.
+        """
         out = []
-        gap = tick - self.tick
+        gap = cut_rest(tick - self.tick, *self._rest_limit)
         biggest = self.cfg.max_wait_ticks
         while gap > 0:
             step = min(gap, biggest)

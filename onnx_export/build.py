@@ -24,12 +24,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from musebridge.errors import MuseBridgeError
+from musebridge.files import write_atomic
 
 from .graph import ATTENTIONS, KINDS, GraphConfig, build_graph
 
@@ -147,27 +147,9 @@ def write_graphs(folder: str | Path | None, out_dir: str | Path, dtype: str = "f
     paths = {}
     for kind, model in build_models(folder, dtype, attention).items():
         path = paths[kind] = out_dir / f"{kind}-{dtype}.onnx"
-        write_atomic(path, lambda tmp, m=model: _quantize(m, tmp) if dtype == "int8" else onnx.save_model(m, tmp))
+        write_atomic(path, lambda tmp, m=model: _quantize(m, tmp) if dtype == "int8" else onnx.save_model(m, tmp),
+                     GraphFileError)
     return paths
-
-
-def write_atomic(path: Path, write, error: type[MuseBridgeError] = GraphFileError) -> None:
-    """`write(tmp)` a temp file beside `path`, then rename it there: a reader (another
-    process opening the same model) never sees half a file. Failure is one line."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            write(tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError as e:
-        raise error(f"cannot write {path} ({e.strerror or e}); check the folder is writable") from None
 
 
 def _quantize(model, out: str, options: dict | None = None) -> None:

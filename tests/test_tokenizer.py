@@ -1,11 +1,11 @@
 """Round trips and the streaming encoder/decoder."""
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import assert_round_trip
-from musebridge.engine.events import Note, NoteOff, NoteOn, Pedal, Piece, Tempo, TimeSignature
+from musebridge.engine.events import DEFAULT_BPM, MAX_REST_BEATS, Note, NoteOff, NoteOn, Pedal, Piece, Tempo, TimeSignature
 from musebridge.engine.families import FAMILIES
 from musebridge.engine.tokenizer import StreamDecoder, StreamEncoder, decode_tokens, encode_events, encode_piece
 from musebridge.engine.vocab import NOTE, VocabConfig, Vocabulary
@@ -58,12 +58,23 @@ def _drop_same_key_overlaps(piece: Piece, slack: float) -> Piece:
     return Piece(notes=kept, tempos=piece.tempos, time_signatures=piece.time_signatures)
 
 
+def _rests_fit(piece: Piece, vocab: Vocabulary) -> bool:
+    """No silence longer than the encoder keeps (MAX_REST_BEATS; longer ones are cut,
+    tested in test_midi_file.py), with a tick to spare for rounding."""
+    seconds = vocab.config.time_mode == "seconds"
+    tm = piece.tempo_map()
+    times = [0.0] + [tm.to_seconds(e.time) if seconds else e.time for e in piece.events()]
+    limit = MAX_REST_BEATS * 60.0 / DEFAULT_BPM - 0.02 if seconds else MAX_REST_BEATS - 1.0 / vocab.config.ticks_per_beat
+    return all(b - a <= limit for a, b in zip(times, times[1:]))
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pieces(), st.sampled_from(sorted(VOCABS)))
 def test_round_trip_random_notes(piece, which):
     vocab = VOCABS[which]
     slack = 0.1 if which == "seconds" else 2.0 / vocab.config.ticks_per_beat
     piece = _drop_same_key_overlaps(piece, slack + 0.5)
+    assume(_rests_fit(piece, vocab))
     tokens = encode_piece(piece, vocab)
     decoded = decode_tokens(tokens, vocab)
     assert_round_trip(piece, decoded, vocab)
@@ -76,6 +87,7 @@ def test_any_note_list_decodes_to_valid_midi(piece):
     """Overlaps, unisons, zero lengths: whatever goes in, what comes out closes every note
     and every onset of the input survives."""
     vocab = VOCABS["beats12"]
+    assume(_rests_fit(piece, vocab))
     decoded = decode_tokens(encode_piece(piece, vocab), vocab)
     assert all(n.duration >= 1 / 12 - 1e-9 for n in decoded.notes)
     onsets_in = {(n.family, n.pitch, round(n.start * 12)) for n in _drop_same_key_overlaps(piece, -1e9).notes}
