@@ -420,9 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     print(gens.line("generate"))
     for ex in reads.examples + gens.examples:
         print("  " + ex)
-    print(f"{time.monotonic() - t0:.0f} s in all; cases in {work}")
     failed = sum(getattr(t, k) for t in (reads, gens)
                  for k in ("tracebacks", "hangs", "unexpected", "bad_outputs", "over_rss"))
+    print(f"{time.monotonic() - t0:.0f} s in all" + (f"; cases in {work}" if failed else ""))
     if not failed:
         shutil.rmtree(work, ignore_errors=True)
     return 1 if failed else 0
