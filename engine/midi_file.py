@@ -25,9 +25,10 @@ from .families import DRUM_CHANNEL, FAMILIES, FAMILY_BY_NAME, family_for_program
 
 OUTPUT_TICKS_PER_BEAT = 480  # divisible by 3, 4, 5, 8, 12, 16: every grid lands exactly
 METADATA_PREFIX = "musebridge:"
-# mido parses ~0.4 MB/s into ~200 B per event: 8 MB is ~2 million events, far past any
-# performance, and still seconds and a few hundred MB, never minutes and gigabytes.
-MAX_MIDI_BYTES = 8 * 2**20
+# mido parses a dense file at ~0.3 MB/s (measured: 2 MB of notes, 500k events, 7 s and
+# ~400 MB in all on one core); 4 MB is a million events, far past any performance, and
+# stays ~15 s and under a GB -- a larger file would be minutes and gigabytes.
+MAX_MIDI_BYTES = 4 * 2**20
 MAX_DELTA_TICKS = 2**28 - 1  # the longest delta a MIDI file can hold (4 bytes of VLQ)
 # What mido's parser raises on bad bytes (LookupError: KeyError, IndexError): a meta
 # event too short for its type, an undefined status, a key of 127 sharps, ...
