@@ -226,16 +226,15 @@ def read_weights(folder: str | Path, cfg: dict | None = None) -> dict[str, np.nd
     if section.get("arch", "transformer") == "transformer":
         shapes = expected_shapes(section)
         missing, extra = sorted(set(shapes) - set(weights)), sorted(set(weights) - set(shapes))
+        sizes = f"n_layer {section['n_layer']}, d_model {section['d_model']}"
         if missing or extra:
-            what = f"lacks {missing[0]}" if missing else f"has {extra[0]}, which"
-            raise ModelFileError(f"{path} does not match its config ({what} the config's sizes "
-                                 f"(n_layer {section['n_layer']}, d_model {section['d_model']}) "
-                                 f"{'need' if missing else 'do not have'}); re-copy or retrain the model")
+            what = f"it lacks {missing[0]}, which {sizes} need" if missing else f"it has {extra[0]}, which {sizes} do not have"
+            raise ModelFileError(f"{path} does not match {folder / 'config.json'}: {what}; re-copy or retrain the model")
         for key, shape in shapes.items():
             got = weights[key]
             if tuple(got.shape) != shape or got.dtype not in (np.float16, np.float32):
-                raise ModelFileError(f"{path} does not match its config ({key}: {got.dtype} {tuple(got.shape)}, "
-                                     f"expected {shape}); re-copy or retrain the model")
+                raise ModelFileError(f"{path} does not match {folder / 'config.json'} ({key}: {got.dtype} "
+                                     f"{tuple(got.shape)}, expected {shape}); re-copy or retrain the model")
     for key, w in weights.items():
         if w.dtype.kind == "f" and w.size and not float(np.max(np.abs(w))) < WEIGHT_LIMIT:
             raise ModelFileError(f"{path} is damaged: tensor {key} holds {_worst(w)}; re-copy or retrain the model")
