@@ -16,6 +16,7 @@ from .errors import MuseBridgeError
 from .data_cmd import data
 from .gui_cmd import gui
 from .bench_cmd import bench
+from .continuations_cmd import continuations
 from .jam_cmd import jam
 from .model_cmd import evaluate, export, generate, pack, train
 from .ports_cmd import ports
@@ -48,6 +49,7 @@ cli.add_command(jam)
 cli.add_command(gui)
 cli.add_command(ports)
 cli.add_command(bench)
+cli.add_command(continuations)
 
 
 def main(argv: list[str] | None = None) -> int:

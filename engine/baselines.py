@@ -17,6 +17,8 @@ import numpy as np
 
 from musebridge.errors import MuseBridgeError
 
+from .runtime import CachedRuntime
+
 
 class NGramModel:
     """Interpolated absolute-discounting n-gram LM over token ids."""
@@ -84,6 +86,25 @@ class NGramModel:
             p = np.where(seen, interp, p)
         return np.log(p)
 
+    def next_log_probs(self, context: list[int]) -> np.ndarray:
+        """log p(v | the last order-1 tokens of `context`) for every token v: [V]."""
+        p = self.unigram.copy()
+        every = np.arange(self.V, dtype=np.int64)
+        for n in range(2, self.order + 1):
+            if len(context) < n - 1:
+                break
+            i = n - 2
+            ctx = np.array([0], np.int64)
+            for t in context[len(context) - (n - 1):]:
+                ctx = ctx * self.V + int(t)
+            cc = float(self._lookup(self.ctx_keys[i], self.ctx_counts[i], ctx)[0])
+            if cc <= 0:
+                continue
+            ct = float(self._lookup(self.ctx_keys[i], self.ctx_types[i], ctx)[0])
+            c = self._lookup(self.keys[i], self.counts[i], ctx[0] * self.V + every).astype(np.float64)
+            p = np.maximum(c - self.D, 0) / cc + (self.D * ct / cc) * p
+        return np.log(p)
+
     def save(self, path: str | Path) -> None:
         arrays = {"meta": np.array([self.V, self.order, self.D]), "unigram": self.unigram}
         for i in range(len(self.keys)):
@@ -145,3 +166,25 @@ def lstm_model(vocab_size: int, d_embed: int, hidden: int, layers: int = 2, drop
             return self.head(self.proj(y))
 
     return LSTMModel()
+
+
+class NGramRuntime(CachedRuntime):
+    """The n-gram behind the decode interface, so it is sampled by exactly the code that
+    samples the transformer (same controls, grammar and stopping rule): the continuation
+    benchmark's "what would a 4-gram play" baseline. It keeps no cache; the history that
+    `CachedRuntime` keeps is its context."""
+
+    name = "ngram"
+
+    def __init__(self, model: NGramModel, vocab, context: int = 1 << 20, batch: int = 1):
+        super().__init__(vocab, context, batch)
+        self.model = model
+
+    def _run(self, tokens: np.ndarray, feats: np.ndarray, start: int) -> np.ndarray:
+        return np.stack([self.model.next_log_probs(h) for h in self.history]).astype(np.float32)
+
+    def _clear(self) -> None:
+        pass
+
+    def _fork_cache(self, n: int) -> "NGramRuntime":
+        return NGramRuntime(self.model, self.vocab, self.context, n)

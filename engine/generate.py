@@ -51,9 +51,11 @@ def beats_per_bar(piece: Piece) -> float:
     return 4.0 if ts is None else ts.numerator * 4.0 / ts.denominator
 
 
-def prompt_tokens(prompt: Piece, vocab: Vocabulary, style: str | None, families: list[str]) -> list[int]:
-    """Prefix + body of the prompt, all its notes released where its last note stops."""
-    body, _ = encode_events(prompt, vocab)
+def prompt_tokens(prompt: Piece, vocab: Vocabulary, style: str | None, families: list[str],
+                  until: float | None = None) -> list[int]:
+    """Prefix + body of the prompt, all its notes released where its last note stops, or
+    at `until` (beats) if that is later: where the continuation starts (a bar line)."""
+    body, _ = encode_events(prompt, vocab, until)
     return StreamEncoder(vocab).prefix(style, families) + body
 
 
@@ -135,11 +137,13 @@ def generate(
     style: str | None = None,
     variations: int = 1,
     max_tokens: int | None = None,
+    prompt_end: float | None = None,
 ) -> list[Continuation]:
     """`variations` continuations of `bars` bars after the prompt (runtime of batch 1).
 
     The instrument prefix lists the prompt's families plus those the user favours
-    (strength > 0.5), minus muted ones.
+    (strength > 0.5), minus muted ones. The answer starts where the prompt's last note
+    stops, or at `prompt_end` (beats) if later, e.g. the bar line after a phrase.
     """
     v = runtime.vocab
     bars = check_bars(bars)
@@ -153,7 +157,7 @@ def generate(
         # from silence: every training piece states its tempo and metre first; so do we
         prompt = Piece(tempos=[Tempo(0.0, 120.0)], time_signatures=[TimeSignature(0.0, 4, 4)], style=prompt.style)
     if families or prompt.notes:
-        return _continue(runtime, prompt, bars, controls, style, families, seeds, max_tokens)
+        return _continue(runtime, prompt, bars, controls, style, families, seeds, max_tokens, prompt_end)
     # from silence with no instrument asked for: the model names the band, per variation
     muted = {f for f, s in controls.strengths.items() if s <= 0}
     bands: dict[tuple[str, ...], list[int]] = {}
@@ -161,7 +165,7 @@ def generate(
         bands.setdefault(tuple(choose_instruments(runtime, style, seed, muted)), []).append(seed)
     out = {}
     for band, group in bands.items():
-        for c in _continue(runtime, prompt, bars, controls, style, list(band), group, max_tokens):
+        for c in _continue(runtime, prompt, bars, controls, style, list(band), group, max_tokens, prompt_end):
             out[c.seed] = c
     return [out[s] for s in seeds]
 
@@ -201,11 +205,12 @@ def choose_instruments(runtime: CachedRuntime, style: str | None, seed: int, mut
 
 
 def _continue(runtime: CachedRuntime, prompt: Piece, bars: float, controls: SamplingControls, style: str | None,
-              families: list[str], seeds: list[int], max_tokens: int | None) -> list[Continuation]:
+              families: list[str], seeds: list[int], max_tokens: int | None,
+              prompt_end: float | None = None) -> list[Continuation]:
     """One continuation per seed of `prompt` with this instrument prefix (forked when several)."""
     v = runtime.vocab
     variations = len(seeds)
-    toks = prompt_tokens(prompt, v, style, families)
+    toks = prompt_tokens(prompt, v, style, families, prompt_end)
     beats = bars * beats_per_bar(prompt)
     bpm = prompt.tempos[-1].bpm if prompt.tempos else 120.0
     end_time = beats if v.config.time_mode == "beats" else beats * 60.0 / bpm

@@ -322,13 +322,14 @@ class StreamDecoder:
         return out
 
 
-def encode_events(piece: Piece, vocab: Vocabulary) -> tuple[list[int], EncoderStats]:
-    """Body tokens of a piece (no prefix, no end token) and what had to change."""
+def encode_events(piece: Piece, vocab: Vocabulary, until: float | None = None) -> tuple[list[int], EncoderStats]:
+    """Body tokens of a piece (no prefix, no end token) and what had to change; `until`
+    (beats): the body ends there, with a rest after the last note if it stops earlier."""
     enc = StreamEncoder(vocab, piece.tempo_map())
     out: list[int] = []
     for ev in piece.events():
         out += enc.add(ev)
-    out += enc.finish(end=False)
+    out += enc.finish(time=until, end=False)
     return out, enc.stats
 
 
