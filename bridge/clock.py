@@ -38,6 +38,7 @@ from typing import Callable, Sequence
 PPQN = 24
 CLOCK, START, CONTINUE, STOP, SONG_POSITION = 0xF8, 0xFA, 0xFB, 0xFC, 0xF2
 TIMEOUT_S = 0.5
+LOCK_TICKS = 6  # ticks since Start/Continue before the song follows this clock (a quarter beat)
 EPS = 1e-9
 
 
@@ -175,6 +176,7 @@ class ClockFollower(_Timebase):
         self._transport_t = -math.inf  # arrival of the latest Start/Continue
         self._line = _Line(0.0, now(), self._fit.b * PPQN, False)
         self.ticks_received = 0
+        self.run_ticks = 0  # ticks since the latest Start/Continue
         self.tempo_resets = 0
 
     # --- what the bridge reads -------------------------------------------------------------
@@ -198,10 +200,16 @@ class ClockFollower(_Timebase):
         return self.is_running()
 
     def heard_within(self, seconds: float, now: float | None = None) -> bool:
-        """Playing, and a tick (or Start/Continue) arrived within `seconds` (a longer
-        grace than `running`, for flywheeling through a stall)."""
+        """Playing, locked (`LOCK_TICKS` ticks since Start/Continue) and a tick arrived
+        within `seconds` (a longer grace than `running`, for flywheeling through a stall).
+
+        A Start or Continue that no clock follows -- a controller's transport button,
+        garbage -- locks nothing: the song would otherwise wait on a position that never
+        moves, and whatever was scheduled on it would be dropped as late when the
+        internal clock took over (measured: the answer to the next phrase never sounded).
+        """
         now = self._now() if now is None else now
-        return self._playing and self.ticks_received > 0 and now - max(self._last_tick_t, self._transport_t) <= seconds
+        return self._playing and self.run_ticks >= LOCK_TICKS and now - self._last_tick_t <= seconds
 
     def arrival_spread(self) -> float:
         """Spread (5th to 95th percentile, seconds) of tick arrivals around the tempo line:
@@ -231,10 +239,10 @@ class ClockFollower(_Timebase):
         if status == CLOCK:
             self._tick(t)
         elif status == START:
-            self._playing, self._next, self._transport_t = True, 0, t
+            self._playing, self._next, self._transport_t, self.run_ticks = True, 0, t, 0
             self._hold(0.0, t, moving_soon=True)
         elif status == CONTINUE:
-            self._playing, self._transport_t = True, t
+            self._playing, self._transport_t, self.run_ticks = True, t, 0
             self._hold(self._next / PPQN, t, moving_soon=True)
         elif status == STOP:
             if self._playing:  # hold where we are; Continue plays on from the next tick
@@ -289,6 +297,7 @@ class ClockFollower(_Timebase):
         self._last_tick_t = t
         if not self._playing:
             return
+        self.run_ticks += 1
         played = self._next
         self._next += 1
         fit = self._fit

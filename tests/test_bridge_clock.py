@@ -244,3 +244,23 @@ def test_ticks_held_up_longer_than_the_timeout_then_burst_are_still_counted():
     ticks(cf, now, 120.0, 48, T0, k0=96 + 38)  # then on time again
     assert cf.beat_at(now.t) == pytest.approx((96 + 38 + 47) / PPQN, abs=0.02)
     assert cf.bpm == pytest.approx(120.0, abs=1.0)
+
+
+def test_start_or_continue_locks_only_once_a_clock_follows():
+    """The song follows MIDI clock from a quarter beat of ticks after Start/Continue on;
+    a transport message no clock follows (a stray button, garbage) locks nothing."""
+    from musebridge.bridge.clock import LOCK_TICKS
+
+    now = FakeNow()
+    cf = ClockFollower(now=now)
+    ticks(cf, now, 120.0, 3, T0)  # a few stray ticks while stopped
+    cf.feed(START, b"", now.t + 0.01)
+    cf.feed(CONTINUE, b"", now.t + 0.02)
+    now.t += 0.05
+    assert not cf.heard_within(2.0)
+    t = ticks(cf, now, 120.0, LOCK_TICKS - 1, now.t)
+    assert not cf.heard_within(2.0)
+    ticks(cf, now, 120.0, 1, t)
+    assert cf.heard_within(2.0)
+    now.t += 2.5  # the clock stalls past the flywheel
+    assert not cf.heard_within(2.0)

@@ -348,3 +348,31 @@ def test_a_flood_of_notes_loses_none(runtime_factory, mode, burst, capfd):
     assert received == sent, (received, sent, s.counters)
     dropped = s.stats()["input_dropped"]
     assert dropped["overflow"] == 0 and dropped["bytes"] == 0, dropped
+
+
+@pytest.mark.parametrize("stray", [[[0xFA]], [[0xF8], [0xF8], [0xF8], [0xFA]],
+                                   [[0xFA], [0xFA], [0xF8], [0xF2, 0x73, 0x10], [0xF8], [0xF8], [0xFB], [0xFB]]])
+def test_a_stray_start_without_a_clock_does_not_swallow_the_answer(runtime_factory, stray):
+    """A controller's transport button (or garbage) sends Start, maybe after a few stray
+    clock ticks, and no clock follows. The jam waited on that clock for its 2 s flywheel:
+    the answer was scheduled on a song position that never moved, then dropped as late
+    when the internal clock took over -- the phrase was heard, nothing was played back."""
+    cfg = JamConfig(mode="call", bars=0.5, silence_beats=0.5, bpm=120,
+                    controls=SamplingControls(seed=3, strengths={"drums": 0.0}))
+    with JamSession(cfg, runtime=runtime_factory()) as s:
+        daw = Daw("stray start")
+        try:
+            time.sleep(0.3)
+            for msg in stray:
+                daw.out.send(msg)
+            time.sleep(0.3)
+            n = len(daw.got)
+            for p in (60, 64, 67):
+                daw.note(p, True)
+                time.sleep(0.1)
+                daw.note(p, False)
+            heard = wait_until(lambda: daw.first_note_after(n) is not None, 4.0)
+        finally:
+            s.stop()
+            daw.close()
+    assert heard, f"no answer after stray transport {[bytes(m).hex() for m in stray]}"
