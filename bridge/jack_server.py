@@ -26,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -210,3 +212,21 @@ class JackServer:
 
     def __repr__(self) -> str:
         return f"JackServer({self.name!r}, running={self.running})"
+
+
+@contextmanager
+def jack_for_tools(prefix: str) -> Iterator[JackServer | None]:
+    """For the measuring tools (`jam_probe`, `jam_abuse`): the JACK server the environment
+    names if one answers, else a private one started for the block (and the environment
+    pointed at it, so the jam child process finds it too)."""
+    server = None
+    if os.environ.get("MUSEBRIDGE_MIDI_API", "jack") == "jack" and not server_answers(None, timeout_s=1.0):
+        server = JackServer(f"{prefix}_{os.getpid()}")
+        server.start()
+        os.environ.update(server.env)
+    os.environ.setdefault("MUSEBRIDGE_MIDI_API", "jack")
+    try:
+        yield server
+    finally:
+        if server is not None:
+            server.stop()

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from .jam_probe import Daw
 
@@ -197,7 +197,8 @@ def abuse(mode: str, seed: int = 1, flood_rate: float = 2000.0, flood_s: float =
             jam.proc.kill()
         daw.close()
     stopped = (jam.events("stopped") or [{}])[-1]
-    out["input_counts"] = {k: v for k, v in stopped.items() if "drop" in k or "received" in k or "input" in k}
+    out["input_dropped"] = stopped.get("input_dropped")
+    out["counters"] = stopped.get("counters")  # notes_in, echo, ignored: what was taken in
     # garbage holds valid control changes too: a CC 22 switches the mode, CC 102-114 mute
     # families, CC 23 panics -- what the jam did about them, beside whether it answered
     out["controls_changed_by_garbage"] = {e: len(jam.events(e)) for e in ("mode", "control", "panic", "midi_learn")}
@@ -215,23 +216,16 @@ def main() -> None:
     ap.add_argument("--flood-s", type=float, default=2.0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    from .jack_server import JackServer, server_answers
+    from musebridge.files import write_atomic
 
-    server = None
-    if os.environ.get("MUSEBRIDGE_MIDI_API", "jack") == "jack" and not server_answers(None, timeout_s=1.0):
-        server = JackServer(f"mbabuse_{os.getpid()}")
-        server.start()
-        os.environ.update(server.env)
-    os.environ.setdefault("MUSEBRIDGE_MIDI_API", "jack")
-    try:
+    from .jack_server import jack_for_tools
+
+    with jack_for_tools("mbabuse"):
         report = [abuse(m, args.seed, args.flood_rate, args.flood_s) for m in args.modes.split(",")]
-    finally:
-        if server is not None:
-            server.stop()
-    print(json.dumps(report, indent=1))
+    text = json.dumps(report, indent=1)
+    print(text)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+        write_atomic(args.json, lambda tmp: Path(tmp).write_text(text + "\n"))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -176,23 +177,16 @@ def main() -> None:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    from .jack_server import JackServer, server_answers
+    from musebridge.files import write_atomic
 
-    server = None
-    if os.environ.get("MUSEBRIDGE_MIDI_API", "jack") == "jack" and not server_answers(None, timeout_s=1.0):
-        server = JackServer(f"mbprobe_{os.getpid()}")
-        server.start()
-        os.environ.update(server.env)
-    os.environ.setdefault("MUSEBRIDGE_MIDI_API", "jack")
-    try:
+    from .jack_server import jack_for_tools
+
+    with jack_for_tools("mbprobe"):
         report = probe(args.answers, args.bpm, args.backend)
-    finally:
-        if server is not None:
-            server.stop()
-    print(json.dumps(report, indent=1))
+    text = json.dumps(report, indent=1)
+    print(text)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+        write_atomic(args.json, lambda tmp: Path(tmp).write_text(text + "\n"))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,6 @@ import contextlib
 import functools
 import hashlib
 import importlib.util
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -26,6 +26,37 @@ except ImportError:
     pass
 
 
+def save_tiny_model(folder: Path, *, lean_to_notes: bool = False, half: bool = False, n_layer: int = 2,
+                    n_head: int = 4, d_model: int = 64, context: int = 512) -> Path:
+    """A random MuseModel (window 16) saved by `save_model` as a model folder, checksum included.
+
+    `lean_to_notes`: token embeddings scaled up and note-ons favoured, so logits are of a
+    size where parity bounds mean something and sampling plays notes; `half`: fp16 weights
+    on disk, as models ship."""
+    import torch
+
+    from musebridge.engine.checkpoint import save_model
+    from musebridge.engine.model import ModelConfig, MuseModel
+
+    vocab = Vocabulary()
+    torch.manual_seed(0)
+    model = MuseModel(ModelConfig(vocab_size=len(vocab), n_layer=n_layer, n_head=n_head, d_model=d_model, window=16,
+                                  context=context))
+    if lean_to_notes:
+        with torch.no_grad():
+            model.tok.weight.mul_(5.0)
+            model.tok.weight[vocab.note_token_mask(offs=False)] += 0.5
+    save_model(folder, model, vocab, half=half)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """A random 2-layer model (window 16, context 512) saved as a model folder."""
+    pytest.importorskip("torch")
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     """Graphs and engines a module builds go to a cache of its own, never the user's."""

@@ -7,22 +7,11 @@ from click.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 
-from musebridge.engine.checkpoint import save_model  # noqa: E402
-from musebridge.engine.model import ModelConfig, MuseModel  # noqa: E402
-from musebridge.engine.vocab import Vocabulary  # noqa: E402
 from musebridge.main import cli, main  # noqa: E402
 
 METRICS = {"prefill_ms", "decode_step_ms", "append_note_ms", "first_token_ms", "realtime_factor", "peak_rss_mb"}
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    vocab = Vocabulary()
-    torch.manual_seed(0)
-    model = MuseModel(ModelConfig(vocab_size=len(vocab), n_layer=2, n_head=4, d_model=64, window=16, context=512))
-    folder = tmp_path_factory.mktemp("tiny")
-    save_model(folder, model, vocab)
-    return folder
 
 
 @pytest.mark.xdist_group("exclusive")  # CPU-heavy: never beside the timing tests

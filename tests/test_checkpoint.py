@@ -36,18 +36,6 @@ def _own_cache(cache_dir):
     return cache_dir
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """A random 2-layer model saved by save_model (so with its checksum)."""
-    from musebridge.engine.checkpoint import save_model
-    from musebridge.engine.model import ModelConfig, MuseModel
-
-    vocab = Vocabulary()
-    torch.manual_seed(0)
-    model = MuseModel(ModelConfig(vocab_size=len(vocab), n_layer=2, n_head=4, d_model=64, window=16, context=512))
-    folder = tmp_path_factory.mktemp("tiny")
-    save_model(folder, model, vocab)
-    return folder
 
 
 def _copy(tiny: Path, tmp_path: Path) -> Path:

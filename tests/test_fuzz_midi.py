@@ -29,6 +29,8 @@ from musebridge.errors import MidiFileError
 
 NOTE = vlq(0) + b"\x90\x3c\x40" + vlq(96) + b"\x80\x3c\x40"
 
+from conftest import save_tiny_model
+
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.randoms(use_true_random=False))
@@ -52,16 +54,8 @@ def test_read_midi_gives_a_piece_or_one_line(rng):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, cache_dir):
-    torch = pytest.importorskip("torch")
-    from musebridge.engine.checkpoint import save_model
-    from musebridge.engine.model import ModelConfig, MuseModel
-    from musebridge.engine.vocab import Vocabulary
-
-    vocab = Vocabulary()
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny") / "m"
-    save_model(folder, MuseModel(ModelConfig(vocab_size=len(vocab), n_layer=1, n_head=2, d_model=32, window=16,
-                                             context=256)), vocab)
+    pytest.importorskip("torch")
+    folder = save_tiny_model(tmp_path_factory.mktemp("tiny") / "m", n_layer=1, n_head=2, d_model=32, context=256)
     good = tmp_path_factory.mktemp("good") / "good.mid"
     write_midi(Piece(notes=[Note(i * 0.5, 0.5, 60 + i, 90, "piano") for i in range(8)]), good)
     return folder, good.read_bytes()

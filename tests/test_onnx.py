@@ -15,12 +15,13 @@ from musebridge.engine.backends import BackendError, available_backends, open_ru
 from musebridge.engine.checkpoint import ModelFileError, save_model  # noqa: E402
 from musebridge.engine.events import Note, Piece, TimeSignature  # noqa: E402
 from musebridge.engine.generate import generate  # noqa: E402
-from musebridge.engine.model import ModelConfig, MuseModel  # noqa: E402
 from musebridge.engine.sampling import SamplingControls  # noqa: E402
 from musebridge.engine.vocab import Vocabulary  # noqa: E402
 from musebridge.onnx_export import GraphFileError, export, graph_paths  # noqa: E402
 
 BACKENDS = ["torch", "onnxruntime"]
+
+from conftest import save_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -31,17 +32,8 @@ def _own_cache(cache_dir):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A random 2-layer model (window 16, context 512) saved as a model folder."""
-    vocab = Vocabulary()
-    torch.manual_seed(0)
-    model = MuseModel(ModelConfig(vocab_size=len(vocab), n_layer=2, n_head=4, d_model=64, window=16, context=512))
-    with torch.no_grad():  # lean towards notes, and logits of a size where 1e-4 means something
-        model.tok.weight.mul_(5.0)
-        model.tok.weight[vocab.note_token_mask(offs=False)] += 0.5
-    folder = tmp_path_factory.mktemp("tiny")
-    save_model(folder, model, vocab)
-    return folder
-
+    """A random 2-layer model leaning towards notes, logits of a size where 1e-4 means something."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"), lean_to_notes=True)
 
 def _tokens(vocab: Vocabulary, n: int, seed: int = 0) -> list[int]:
     rng = np.random.default_rng(seed)

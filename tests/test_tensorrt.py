@@ -38,6 +38,8 @@ from musebridge.onnx_export.build import expected_shapes  # noqa: E402
 ON_GPU = tensorrt_available()
 gpu = pytest.mark.skipif(not ON_GPU, reason="needs TensorRT and an NVIDIA GPU")
 
+from conftest import save_tiny_model  # noqa: E402
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _own_cache(cache_dir):
@@ -408,21 +410,8 @@ def fake_trt(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A random 2-layer model (window 16, context 512) saved with fp16 weights, as models ship."""
-    torch = pytest.importorskip("torch")
-    from musebridge.engine.checkpoint import save_model
-    from musebridge.engine.model import ModelConfig, MuseModel
-    from musebridge.engine.vocab import Vocabulary
-
-    vocab = Vocabulary()
-    torch.manual_seed(0)
-    model = MuseModel(ModelConfig(vocab_size=len(vocab), n_layer=2, n_head=4, d_model=64, window=16, context=512))
-    with torch.no_grad():  # lean towards notes, and logits of a size where the bounds mean something
-        model.tok.weight.mul_(5.0)
-        model.tok.weight[vocab.note_token_mask(offs=False)] += 0.5
-    folder = tmp_path_factory.mktemp("tiny")
-    save_model(folder, model, vocab, half=True)
-    return folder
-
+    pytest.importorskip("torch")
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"), lean_to_notes=True, half=True)
 
 def _tokens(vocab, n: int, seed: int = 0) -> list[int]:
     rng = np.random.default_rng(seed)
