@@ -29,9 +29,8 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-from .jam_probe import Daw
+from .jam_probe import Daw, print_report
 
 TRIGGER_CC = 24
 GARBAGE_CHUNKS = 400
@@ -181,9 +180,11 @@ def abuse(mode: str, seed: int = 1, flood_rate: float = 2000.0, flood_s: float =
             time.sleep(rng.uniform(0.0, 0.2))
         daw.out.send([0xFA])
         time.sleep(1.0)
-        n = len(daw.got)
+        n, logged = len(daw.got), len(jam.log)
         _phrase(daw, 64, mode)
         out["answered_after_transport"] = _answered(daw, n)
+        if not out["answered_after_transport"]:
+            missed.append([{k: v for k, v in e.items() if k != "t"} for e in jam.log[logged:]][:12])
 
         for _ in range(30):  # the backlog, then the signal
             daw.out.send([0xB0, TRIGGER_CC, 127])
@@ -216,16 +217,11 @@ def main() -> None:
     ap.add_argument("--flood-s", type=float, default=2.0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    from musebridge.files import write_atomic
-
     from .jack_server import jack_for_tools
 
     with jack_for_tools("mbabuse"):
         report = [abuse(m, args.seed, args.flood_rate, args.flood_s) for m in args.modes.split(",")]
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.json:
-        write_atomic(args.json, lambda tmp: Path(tmp).write_text(text + "\n"))
+    print_report(report, args.json)
 
 
 if __name__ == "__main__":

@@ -177,16 +177,21 @@ def main() -> None:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    from musebridge.files import write_atomic
-
     from .jack_server import jack_for_tools
 
     with jack_for_tools("mbprobe"):
         report = probe(args.answers, args.bpm, args.backend)
+    print_report(report, args.json)
+
+
+def print_report(report, path: str | None) -> None:
+    """Print a tool's JSON report, and write it to `path` (atomically) if given."""
+    from musebridge.files import write_atomic
+
     text = json.dumps(report, indent=1)
     print(text)
-    if args.json:
-        write_atomic(args.json, lambda tmp: Path(tmp).write_text(text + "\n"))
+    if path:
+        write_atomic(path, lambda tmp: Path(tmp).write_text(text + "\n"))
 
 
 if __name__ == "__main__":
