@@ -238,15 +238,17 @@ def list_ports(api: str | int = "auto") -> tuple[list[str], list[str]]:
     raise AssertionError("unreachable")
 
 
-_own_virtual: set[tuple[str, str]] = set()  # (client, port) names of the virtual ports this process opened
+# (client, port) names of the ports this process opened: virtual ports, the local ends of
+# connections by name ("MuseBridge:MuseBridge Out" while connected to a synth), reset ports
+_own_ports: set[tuple[str, str]] = set()
 
 
 def is_own_port(port: str) -> bool:
-    """True for a virtual port this process opened ("MuseBridge:MuseBridge Out", also as
+    """True for a port this process opened ("MuseBridge:MuseBridge Out", also as
     "MuseBridge-01:..." when JACK renamed a second client of that name)."""
     client, _, name = port.partition(":")
     base = client.rsplit("-", 1)[0] if client.rsplit("-", 1)[-1].isdigit() else client
-    return (client, name) in _own_virtual or (base, name) in _own_virtual
+    return (client, name) in _own_ports or (base, name) in _own_ports
 
 
 def find_port(available: Sequence[str], wanted: str, kind: str) -> int:
@@ -297,9 +299,9 @@ class _Port:
             self._configure()
             if self.virtual:
                 self._rt.open_virtual_port(self.local_name)
-                _own_virtual.add((client_name, self.local_name))
             else:
                 self._open_by_name()
+            _own_ports.add((client_name, self.local_name))
         except BaseException:
             rt, self._rt = self._rt, None
             rt.delete()
@@ -504,7 +506,8 @@ class _SysexReset:
     connections through a rename): its client name is JACK's to choose ("name-01")."""
 
     def __init__(self, client_name: str):
-        self._out = _rtmidi(rtmidi.MidiOut, rtmidi.API_UNIX_JACK, f"{client_name} reset")
+        self.client_name = f"{client_name} reset"
+        self._out = _rtmidi(rtmidi.MidiOut, rtmidi.API_UNIX_JACK, self.client_name)
 
     def attach(self, rt_in: rtmidi.MidiIn, local_name: str) -> None:
         """Connect to `rt_in`'s port (again, after it was reopened)."""
@@ -516,6 +519,7 @@ class _SysexReset:
             ports = self._out.get_ports()
             i = next(i for i, p in enumerate(ports) if p.endswith(":" + unique))
             self._out.open_port(i, f"{local_name} reset")
+            _own_ports.add((self.client_name, f"{local_name} reset"))
         finally:
             rt_in.set_port_name(local_name)
 

@@ -144,13 +144,16 @@ def test_jam_in_unknown_port_lists_only_other_programs_ports(jack_server):
     jam's own output (opened first; before, it was listed as an input to connect to)."""
     from musebridge.bridge.ports import MidiOutput
 
-    with MidiOutput("Keys Out", virtual=True, client_name="keys"):
-        r = subprocess.run([sys.executable, "-m", "musebridge", "jam", "--in", "Nope", "--backend", "onnxruntime"],
-                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
-    assert r.returncode == 2 and len(lines) == 1, r.stderr
-    assert lines[0].startswith("error: no MIDI input port 'Nope'; available: ") and "keys:Keys Out" in lines[0], lines
-    assert "MuseBridge Out" not in lines[0], lines[0]
+    from musebridge.bridge.ports import MidiInput
+
+    with MidiOutput("Keys Out", virtual=True, client_name="keys"), MidiInput("Synth", virtual=True, client_name="synth"):
+        for out in ([], ["--out", "synth:Synth"]):  # our output virtual, or connected to a synth by name
+            r = subprocess.run([sys.executable, "-m", "musebridge", "jam", *out, "--in", "Nope", "--backend",
+                                "onnxruntime"], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+            lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
+            assert r.returncode == 2 and len(lines) == 1, r.stderr
+            assert lines[0].startswith("error: no MIDI input port 'Nope'; available: ") and "keys:Keys Out" in lines[0]
+            assert "MuseBridge Out" not in lines[0], (out, lines[0])
 
 
 PLAYER = """
@@ -211,3 +214,98 @@ def test_jack_server_dies_and_returns():
     time.sleep(0.2)
     lines = [line for line in "".join(jam.stderr).splitlines() if line.startswith("error:")]
     assert rc == 2 and len(lines) == 1 and "JACK server stopped" in lines[0], (rc, "".join(jam.stderr)[-1500:])
+
+
+PEER = """
+import sys, time
+from musebridge.bridge.ports import MidiInput, MidiOutput
+got = []
+synth = MidiInput("Synth", virtual=True, client_name="synth", callback=lambda m, t: got.append(m))
+keys = MidiOutput("Keys", virtual=True, client_name="keys")
+print("up", flush=True)
+for line in sys.stdin:  # "play": a phrase, then say whether an answer came; "quit": leave
+    if line.strip() != "play":
+        break
+    n = len(got)
+    keys.send([0x90, 62, 100]); time.sleep(0.1); keys.send([0x80, 62, 0])
+    end = time.monotonic() + 8
+    while not any(m[0] & 0xF0 == 0x90 and m[2] > 0 for m in got[n:]) and time.monotonic() < end:
+        time.sleep(0.01)
+    print("answered" if any(m[0] & 0xF0 == 0x90 and m[2] > 0 for m in got[n:]) else "silent", flush=True)
+keys.close(); synth.close()
+"""
+
+
+class Peer:
+    """A synth and a keyboard, another program's ports ("keys:Keys", "synth:Synth")."""
+
+    def __init__(self, env: dict[str, str]):
+        self.proc = subprocess.Popen([sys.executable, "-c", PEER], env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "up", self.proc.stderr.read()[-1000:]
+
+    def play(self) -> bool:
+        self.proc.stdin.write("play\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip() == "answered"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def test_named_connections_come_back_with_the_jack_server():
+    """`--in keys:Keys --out synth:Synth`: after the server dies and returns with the peer
+    on it again, the jam connects to the peer's ports by name and answers it."""
+    from musebridge.bridge.jack_server import JackServer, remove_stale_shm
+
+    name = f"mbf13n_{os.getpid()}"
+    srv = JackServer(name).start()
+    env = {**srv.env, "MUSEBRIDGE_MIDI_API": "jack"}
+    peer = Peer(env)
+    jam = Jam("--in", "keys:Keys", "--out", "synth:Synth", "--mode", "call", "--bars", "0.5", "--silence", "0.5",
+              "--seed", "2", "--strength", "drums=0", env=env)
+    srv2 = peer2 = None
+    try:
+        assert jam.wait_for("ready", 60), "".join(jam.stderr)
+        assert peer.play(), "no answer before the server died: the test would be vacuous"
+        n = len(jam.events)
+        srv.kill()
+        assert jam.wait_for("error", 3, since=n, cause="port_lost"), jam.events[n:]
+        peer.close()
+        remove_stale_shm(name)
+        srv2 = JackServer(name).start()
+        peer2 = Peer(env)
+        t_peer = time.time()  # the clock of the events' "t"
+
+        def connected(role: str) -> float | None:
+            """When the jam had `role` connected to the peer again (restored with the
+            server, or reconnected by name after it)."""
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                for e in jam.events[n:]:
+                    if (e["event"] == "port_restored" and e.get(role)) or \
+                            (e["event"] == "port" and e.get("role") == role and e.get("state") == "connected"):
+                        return e["t"]
+                time.sleep(0.01)
+            return None
+
+        back = [connected("input"), connected("output")]
+        assert None not in back, jam.events[n:]
+        took = max(0.0, max(back) - t_peer)
+        print(f"named ports connected again {took:.2f} s after the peer was back")
+        assert took <= 2.0, f"connected again only {took:.2f} s after the peer was back: {jam.events[n:]}"
+        assert peer2.play(), f"no answer after the server and the peer came back: {jam.events[n:]}"
+        jam.proc.send_signal(signal.SIGTERM)
+        rc = jam.proc.wait(10)
+    finally:
+        jam.kill()
+        for p in (peer2, peer):
+            if p is not None:
+                p.close()
+        for s in (srv2, srv):
+            if s is not None:
+                s.stop()
+        remove_stale_shm(name)
+    assert rc == 0, "".join(jam.stderr)[-1500:]
