@@ -117,7 +117,7 @@ def cases_from_split(data: str | Path, split: str = "test", prompt_bars: int = 4
         if shards.vocab.config.time_mode != "beats":
             break
         piece = decode_tokens(shards.piece_tokens(p), shards.vocab)
-        case = make_case(piece, str(p.get("name", p.get("offset"))), str(p.get("style")), prompt_bars, answer_bars)
+        case = make_case(piece, str(p.get("id", p.get("offset"))), str(p.get("style")), prompt_bars, answer_bars)
         if case is not None:
             out.append(case)
         if limit and len(out) >= limit:

@@ -112,3 +112,17 @@ def test_command_says_what_is_missing(tmp_path, capsys):
     assert main(["continuations", "--midi", str(tmp_path / "nope")]) == 2
     assert "MIDI folder" in capsys.readouterr().err
     assert main(["continuations", "--midi", str(tmp_path), "--seeds", "a,b"]) == 2
+
+
+def test_cases_from_a_built_data_split(folder, tmp_path):
+    from musebridge.engine.continuation_bench import cases_from_split
+    from musebridge.engine.data_build import build
+    from musebridge.engine.dataset import TokenShards
+
+    build([str(folder)], tmp_path / "data", workers=1)
+    pieces = TokenShards(tmp_path / "data").manifest["pieces"]
+    split = pieces[0]["split"]
+    cases = cases_from_split(tmp_path / "data", split)
+    assert len(cases) == sum(p["split"] == split for p in pieces) > 0
+    assert all(c.style == "pop" and c.name.endswith(".mid") and len(c.real) == 4 * 11 for c in cases)
+    assert all((c.key.tonic, c.key.minor) in {(0, False), (2, False), (7, False)} for c in cases)
