@@ -41,11 +41,14 @@ def continuations(data, midi_dirs, split, prompt_bars, bars, limit, seeds, model
     """Continue real prompts and measure the answers beside the real next bars."""
     from musebridge.engine.backends import open_runtime
     from musebridge.engine.baselines import NGramModel, NGramRuntime
-    from musebridge.engine.continuation_bench import cases_from_folder, cases_from_split, roll_sheet, run, table
+    from musebridge.engine.continuation_bench import (cases_from_folder, cases_from_split, require_matplotlib, roll_sheet,
+                                                       run, table)
     from musebridge.engine.sampling import SamplingControls
 
     if not data and not midi_dirs:
         raise click.UsageError("give prompts: --data DATA (its --split) and/or --midi FOLDER")
+    if png:
+        require_matplotlib()
     try:
         seed_list = tuple(int(s) for s in seeds.split(","))
     except ValueError:

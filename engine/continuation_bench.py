@@ -204,8 +204,20 @@ def table(result: dict, group: str = "all") -> str:
     return "\n".join(lines)
 
 
+def require_matplotlib() -> None:
+    """The piano-roll sheet draws with matplotlib, which the runtime install lacks: say so
+    before minutes of generating, not after."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        from musebridge.errors import MuseBridgeError
+
+        raise MuseBridgeError("the piano-roll sheet needs matplotlib: pip install matplotlib (or leave out --png)")
+
+
 def roll_sheet(cases: list[Case], path: str | Path, systems: tuple[str, ...] = ("model", "real"), n: int = 6) -> Path:
     """A PNG of piano rolls, one row per case: prompt | each system's answer (real last)."""
+    require_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")
