@@ -407,8 +407,9 @@ class JamSession:
         self.server_lost = False
         self._lost_ports = {role for role, p in ports if not p.virtual and not p.connected()}
         self.error = None
+        # `waiting`: ports by name whose peer is not back yet (a `port` event says when it is)
         self.emit("port_restored", ports=[role for role, _ in ports], input=getattr(self.inp, "name", None),
-                  output=getattr(self.out, "name", None))
+                  output=getattr(self.out, "name", None), waiting=sorted(self._lost_ports))
         self._send_programs()
         return False
 

@@ -276,6 +276,9 @@ def test_named_connections_come_back_with_the_jack_server():
         peer.close()
         remove_stale_shm(name)
         srv2 = JackServer(name).start()
+        # the jam's ports come back first, its peer a moment later (as a DAW restarting after
+        # the server): the named connections are then made by the reconnect loop
+        assert jam.wait_for("port_restored", 5, since=n), jam.events[n:]
         peer2 = Peer(env)
         t_peer = time.time()  # the clock of the events' "t"
 
@@ -285,7 +288,7 @@ def test_named_connections_come_back_with_the_jack_server():
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
                 for e in jam.events[n:]:
-                    if (e["event"] == "port_restored" and e.get(role)) or \
+                    if (e["event"] == "port_restored" and role not in e["waiting"]) or \
                             (e["event"] == "port" and e.get("role") == role and e.get("state") == "connected"):
                         return e["t"]
                 time.sleep(0.01)
