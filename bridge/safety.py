@@ -281,11 +281,18 @@ class MidiParser:
 class EchoGuard:
     """Recognises our own notes coming back within `window_s` of sending them.
 
-    Each sent note-on/off may excuse one identical (channel, pitch, on/off) arrival, but
+    Each sent note-on/off may excuse one matching (channel, pitch, on/off) arrival, but
     only while there is a loop: `loop` follows how many of our notes came back (a moving
     average, starting at 1 so a loop is caught from the first note). Without one, our
     notes stop coming back, `loop` falls below `LOOP_ON` after a handful of notes, and a
     player who doubles the model's note within the window is heard, not swallowed.
+
+    Until one of our notes has come back with its very velocity (what an IAC bus or a DAW
+    track does), a note-on is an echo only with that velocity: in accompany mode the model
+    doubles the player's line, and at the start of a jam a doubled player note (same key
+    within 50 ms, another velocity) was taken for an echo and lost. Once a loop is proven,
+    an echo may come back with its velocity changed. A note-off is an echo only for a key
+    whose note-on was one: the player's own release is never swallowed.
     Thread-safe: `sent` runs in the output thread, `is_echo` in the input callback.
     """
 
@@ -294,8 +301,10 @@ class EchoGuard:
     def __init__(self, window_s: float = 0.05):
         self.window_s = window_s
         self.loop = 1.0
+        self.proven = False  # one of our notes came back exactly: there is a loop
         self._lock = threading.Lock()
-        self._sent: deque[tuple[float, tuple[int, int, bool]]] = deque()
+        self._sent: deque[tuple[float, tuple[int, int, bool], int]] = deque()  # (time, key, velocity)
+        self._echoing: set[tuple[int, int]] = set()  # keys whose note-on came back as an echo
 
     def sent(self, msg: bytes | bytearray, t: float | None = None) -> None:
         key = note_key(msg)
@@ -304,7 +313,7 @@ class EchoGuard:
         now = time.perf_counter() if t is None else t
         with self._lock:
             self._expire(now)
-            self._sent.append((now, key))
+            self._sent.append((now, key, msg[2] if key[2] else 0))
 
     def is_echo(self, msg: bytes | bytearray, t: float | None = None) -> bool:
         """True (and the match is used up) if `msg` is a note we sent within the window."""
@@ -312,17 +321,31 @@ class EchoGuard:
         if key is None:
             return False
         now = time.perf_counter() if t is None else t
+        ch_pitch = (key[0], key[1])
         with self._lock:
             self._expire(now)
-            for i, (_, k) in enumerate(self._sent):
-                if k == key:
-                    del self._sent[i]
-                    looping = self.loop >= self.LOOP_ON
-                    self.loop = 0.75 * self.loop + 0.25  # it came back
-                    return looping
+            if not key[2] and ch_pitch not in self._echoing:
+                return False  # the player's own release
+            for i, (_, k, vel) in enumerate(self._sent):
+                if k != key:
+                    continue
+                exact = not key[2] or vel == msg[2]
+                if not exact and not self.proven:
+                    return False  # not proven to be a loop: a doubled note, the player's
+                del self._sent[i]
+                looping = self.loop >= self.LOOP_ON
+                self.loop = 0.75 * self.loop + 0.25  # it came back
+                if looping and key[2]:
+                    self.proven = self.proven or exact
+                    self._echoing.add(ch_pitch)
+                elif looping:
+                    self._echoing.discard(ch_pitch)
+                return looping
         return False
 
     def _expire(self, now: float) -> None:
         while self._sent and now - self._sent[0][0] > self.window_s:
             self._sent.popleft()
             self.loop *= 0.75  # a note of ours that did not come back
+            if self.loop < self.LOOP_ON:
+                self.proven = False  # the loop is gone (rerouted): prove it again
