@@ -45,11 +45,8 @@ class Clip:
 
     def metadata(self) -> dict:
         """What a written .mid carries: enough to make the clip again."""
-        c = self.controls
-        return {"seed": c.get("seed"), "temperature": c.get("temperature"), "top_k": c.get("top_k"),
-                "top_p": c.get("top_p"), "strengths": c.get("strengths") or {}, "key": c.get("key"),
-                "density": c.get("density"), "style": self.style, "bars": self.bars, "bpm": self.bpm,
-                "source": self.source, "model": self.model, "cancelled": self.cancelled,
+        return {**self.controls, "strengths": self.controls.get("strengths") or {}, "style": self.style,
+                "bars": self.bars, "bpm": self.bpm, "source": self.source, "model": self.model, "cancelled": self.cancelled,
                 "critic_score": None if self.critic is None else round(float(self.critic), 4),
                 "song_beat": None if self.start is None else round(float(self.start), 4)}
 

@@ -628,7 +628,7 @@ class JamSession:
         self._tag += 1
         self._answer = {"tag": self._tag, "start": start, "end": end, "events": [], "ids": [], "sent": set(),
                         "first_sent": False,
-                        "phrase_end_t": t_end, "controls": self._controls_dict()}
+                        "phrase_end_t": t_end, "controls": self.controls.to_dict()}
         self.state = "answering"
         self._phrase_notes = 0
         self.emit("phrase_end", start_beat=start + self.origin, bars=self.cfg.bars)
@@ -851,10 +851,6 @@ class JamSession:
                 self._controls_changed = False
             return self._shaper
 
-    def _controls_dict(self) -> dict:
-        c = self.controls
-        return {"temperature": c.temperature, "top_k": c.top_k, "top_p": c.top_p, "seed": c.seed,
-                "strengths": dict(c.strengths), "key": c.key, "density": c.density}
 
 
 def _pct(values) -> dict:

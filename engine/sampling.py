@@ -13,7 +13,7 @@ family can still release what it holds.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
@@ -102,6 +102,19 @@ def check_top_p(p, label: str = "top-p") -> float:
     return float(p)
 
 
+def check_min_p(p, label: str = "min-p") -> float:
+    if not is_real(p) or not 0 <= p < 1:
+        raise ControlError(f"{label} {p!r} is invalid: use a number in [0, 1) (0 is off; try 0.02-0.1)")
+    return float(p)
+
+
+def check_follow(x, label: str = "follow") -> float:
+    """How closely to follow what the player does: 0 off, 1 strict."""
+    if not is_real(x) or not 0.0 <= x <= 1.0:
+        raise ControlError(f"{label} {x!r} is invalid: use 0 (off) to 1 (strict)")
+    return float(x)
+
+
 def check_density(d, label: str = "density") -> float | None:
     """Absent (None: free) or note-ons per beat in (0, DENSITY_MAX)."""
     if d is None:
@@ -123,16 +136,22 @@ class SamplingControls:
 
     temperature: float = 1.0
     top_k: int = 0  # 0: off
-    top_p: float = 1.0  # 1: off
+    top_p: float = 0.95  # 1: off
+    min_p: float = 0.0  # 0: off; else tokens below min_p x the likeliest one's probability are cut
     seed: int | None = None
     strengths: dict[str, float] = field(default_factory=dict)  # family -> 0..1 (missing: 0.5)
-    key: str | None = None  # e.g. "C major": pitched note-ons outside it are masked
+    key: str | None = None  # e.g. "C major": pitched note-ons outside it are masked (overrides follow_key)
     density: float | None = None  # target note-ons per beat
+    # following the player (engine/follow.py): 0 off .. 1 strict
+    follow_key: float = 0.0  # the key heard in the player's notes
+    follow_groove: float = 0.0  # the onset grid (and swing) the player uses
+    follow_texture: float = 0.0  # note lengths and voices near the player's
 
     def __post_init__(self) -> None:
         check_temperature(self.temperature)
         check_top_k(self.top_k)
         check_top_p(self.top_p)
+        check_min_p(self.min_p)
         check_seed(self.seed)
         if not isinstance(self.strengths, dict):
             raise ControlError(f"strengths {self.strengths!r} must map families to 0..1")
@@ -143,9 +162,27 @@ class SamplingControls:
                 raise ControlError(f"key {self.key!r} not understood; write e.g. 'C major', 'F# minor', 'Bb dorian'")
             parse_key(self.key)
         check_density(self.density)
+        for name in FOLLOW_CONTROLS:
+            check_follow(getattr(self, name), name.replace("_", "-"))
 
     def with_(self, **changes) -> "SamplingControls":
         return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Every control as plain JSON values: what a clip's metadata and a jam's answer
+        records carry, so a take can be recalled with `from_dict`."""
+        d = asdict(self)
+        d["strengths"] = dict(self.strengths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SamplingControls":
+        """Controls from `to_dict`'s output (unknown keys, e.g. from a newer version, ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+FOLLOW_CONTROLS = ("follow_key", "follow_groove", "follow_texture")
 
 
 def parse_strengths(text: str, vocab: Vocabulary) -> dict[str, float]:

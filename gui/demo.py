@@ -47,7 +47,7 @@ def load_demo(window, runtime=None, style: str | None = "pop", seed: int = 7) ->
     """Fill `window`'s (stopped, portless) session with a played jam and real answers."""
     from musebridge.bridge.timeline import Timeline
 
-    from .jobs import controls_dict, open_runtime
+    from .jobs import open_runtime
 
     s = window.session
     for fam, value in STRENGTHS.items():
@@ -99,7 +99,7 @@ def load_demo(window, runtime=None, style: str | None = "pop", seed: int = 7) ->
         for note in opened.values():
             note["off"] = end
         s.history.append({"tag": tag, "start": start, "bars": bars, "bpm": bpm, "events": events,
-                          "controls": controls_dict(s.controls), "style": cfg.style})
+                          "controls": s.controls.to_dict(), "style": cfg.style})
         at = end
     playhead = at + 1.6
     s.roll.extend(_roll(NOW_PLAYING, at, playhead))

@@ -96,7 +96,7 @@ class GenerateJob(QObject):
                     piece = res.piece
                     piece.name = f"MuseBridge {source} {label}{i + 1 if n > 1 else ''}"
                     clip = Clip(label=f"{label}{i + 1}" if n > 1 else label, piece=piece, bars=bars, bpm=bpm,
-                                beats_per_bar=beats_per_bar, controls=controls_dict(c), style=style, source=source,
+                                beats_per_bar=beats_per_bar, controls=c.to_dict(), style=style, source=source,
                                 prompt=prompt, model=self.model)
                     clip._tokens = res.tokens  # for the critic
                     out.append(clip)
@@ -118,6 +118,3 @@ class GenerateJob(QObject):
             self._emit("done", out, plain(e))
 
 
-def controls_dict(c: SamplingControls) -> dict:
-    return {"temperature": c.temperature, "top_k": c.top_k, "top_p": c.top_p, "seed": c.seed,
-            "strengths": dict(c.strengths), "key": c.key, "density": c.density}
