@@ -1,8 +1,9 @@
 """Controls over MIDI: which CC moves which control, with MIDI-learn, saved between runs.
 
-Defaults use CC numbers General MIDI leaves undefined (20-24, 102-114), so a controller
+Defaults use CC numbers General MIDI leaves undefined (20-27, 102-114), so a controller
 knob sends nothing a synth would also act on. MIDI-learn binds the next CC that arrives
-to a control; the map is saved as JSON in the user's config folder.
+to a control; the map is saved as JSON in the user's config folder. A map saved before a
+control existed gets that control's default CC when the map leaves the CC free.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import sys
 from pathlib import Path
 
 from musebridge.engine.families import FAMILIES
+from musebridge.engine.sampling import FOLLOW_CONTROLS
 from musebridge.errors import MuseBridgeError
 
 from .config import MODES
 
-TARGETS = ["temperature", "top_p", "mode", "panic", "trigger"] + [f"strength:{f.name}" for f in FAMILIES]
+TARGETS = (["temperature", "top_p", "mode", "panic", "trigger"] + list(FOLLOW_CONTROLS)
+           + [f"strength:{f.name}" for f in FAMILIES])
 DEFAULTS = {20: "temperature", 21: "top_p", 22: "mode", 23: "panic", 24: "trigger",
+            **{25 + i: name for i, name in enumerate(FOLLOW_CONTROLS)},  # 25-27: follow key, groove, texture
             **{102 + i: f"strength:{f.name}" for i, f in enumerate(FAMILIES)}}
 
 
@@ -51,6 +55,10 @@ class CCMap:
         bad = [v for v in m.values() if v not in TARGETS]
         if bad or any(not 0 <= k <= 127 for k in m):
             raise MuseBridgeError(f"MIDI map {self.path} names unknown controls {bad}; delete it to go back to the defaults")
+        have = set(m.values())
+        for cc, target in DEFAULTS.items():  # controls newer than the file: their default, if free
+            if target not in have and cc not in m:
+                m[cc] = target
         self.map = m
 
     def save(self) -> None:
@@ -85,4 +93,4 @@ class CCMap:
             return target, MODES[min(int(x * len(MODES)), len(MODES) - 1)]
         if target in ("panic", "trigger"):
             return (target, True) if value >= 64 else None
-        return target, round(x, 3)  # strength:<family>
+        return target, round(x, 3)  # strength:<family> and follow_*: 0..1
