@@ -64,7 +64,11 @@ class Clip:
         return f"{stem}{'' if self.seed is None else f'-seed{self.seed}'}.mid"
 
     def export(self, path: str | Path) -> Path:
-        write_midi(self.piece, path, metadata=self.metadata())
+        piece = self.piece
+        name = piece.name.replace("′", "'").encode("latin-1", "replace").decode("latin-1")
+        if name != piece.name:  # a MIDI track name holds latin-1 only (a regenerated clip's label has a prime)
+            piece = replace(piece, name=name)
+        write_midi(piece, path, metadata=self.metadata())
         return Path(path)
 
 

@@ -1,7 +1,7 @@
 """The main window: a thin shell over one `JamSession` (through `SessionHost`).
 
-Every control maps onto a session call -- faders to `set_strength`, temperature and
-top-p to `set_controls`, mode to `set_mode`, answer length and quantize to
+Every control maps onto a session call -- faders to `set_strength`, temperature, top-p,
+min-p and the follow faders to `set_controls`, mode to `set_mode`, answer length and quantize to
 `set_config`, Start/Stop/Panic/Answer-now to `start`/`stop`/`panic`/`trigger` -- and
 everything shown is read back from the session: the roll from `roll_snapshot()`, the
 clock from `session.clock`, the meter from its latency and throughput figures, the clips
@@ -31,6 +31,8 @@ from musebridge.engine.sampling import SamplingControls
 from . import settings as saved
 from . import theme
 from .clips import Clip, ClipList, clip_from_answer, phrase_before
+from .follow_panel import LABELS as FOLLOW_LABELS
+from .follow_panel import FollowPanel
 from .host import SessionHost, plain
 from .jobs import GenerateJob
 from .meter import LatencyMeter
@@ -54,6 +56,10 @@ def _match(name: str, ports: list[str]) -> str | None:
         return name
     hits = [p for p in ports if name.lower() in p.lower()]
     return hits[0] if len(hits) == 1 else None
+
+
+def _min_p_text(v: int) -> str:
+    return "off" if v == 0 else f"{v / 100:.2f}"
 
 
 class MainWindow(QMainWindow):
@@ -242,6 +248,9 @@ class MainWindow(QMainWindow):
         self.top_p = self._slider(50, 100, lambda v: f"{v / 100:.2f}", self._top_p_changed,
                                   "Top-p: sample only from the most likely notes that make up this much probability")
         g.addRow("Top-p", self.top_p[0])
+        self.min_p = self._slider(0, 50, _min_p_text, self._min_p_changed,
+                                  "Min-p: drop notes less likely than this share of the likeliest one (off: 0; try 0.02-0.10)")
+        g.addRow("Min-p", self.min_p[0])
         self.bars_box = QDoubleSpinBox()
         self.bars_box.setRange(0.5, 16)
         self.bars_box.setSingleStep(0.5)
@@ -357,6 +366,20 @@ class MainWindow(QMainWindow):
         return w
 
     def _right(self) -> QWidget:
+        w = QWidget()
+        col = QVBoxLayout(w)
+        col.setContentsMargins(0, 0, 0, 0)
+        col.setSpacing(8)
+        col.addWidget(self._clips_box(), 1)
+        self.follow = FollowPanel()
+        self.follow.changed.connect(self._follow_changed)
+        self.follow.learn.connect(self._learn_follow)
+        col.addWidget(self.follow)
+        w.setMinimumWidth(280)
+        w.setMaximumWidth(420)
+        return w
+
+    def _clips_box(self) -> QWidget:
         box = QGroupBox("Clips")
         lay = QVBoxLayout(box)
         lay.setSpacing(6)
@@ -399,8 +422,6 @@ class MainWindow(QMainWindow):
         self.progress.setTextVisible(True)
         self.progress.setVisible(False)
         lay.addWidget(self.progress)
-        box.setMinimumWidth(280)
-        box.setMaximumWidth(420)
         self._clip_selection()
         return box
 
@@ -418,13 +439,14 @@ class MainWindow(QMainWindow):
     def _load_values(self) -> None:
         v = self.values
         s = self.session
-        widgets = (self.api_box, self.temp[1], self.top_p[1], self.bars_box, self.quant[1], self.silence_box,
+        widgets = (self.api_box, self.temp[1], self.top_p[1], self.min_p[1], self.bars_box, self.quant[1], self.silence_box,
                    self.seed_box, self.bpm_box, self.var_n, self.family_box, self.style_box)
         for wdg in widgets:
             wdg.blockSignals(True)
         self.api_box.setCurrentText(s.cfg.api)
         self.temp[1].setValue(round(s.controls.temperature * 100))
         self.top_p[1].setValue(round(s.controls.top_p * 100))
+        self.min_p[1].setValue(round(s.controls.min_p * 100))
         self.bars_box.setValue(s.cfg.bars)
         self.quant[1].setValue(round(s.cfg.quantize * 100))
         self.silence_box.setValue(s.cfg.silence_beats)
@@ -438,6 +460,8 @@ class MainWindow(QMainWindow):
         for lab, sl, fmt in ((self.temp[2], self.temp[1], "{:.2f}"), (self.top_p[2], self.top_p[1], "{:.2f}")):
             lab.setText(fmt.format(sl.value() / 100))
         self.quant[2].setText(f"{self.quant[1].value()}%")
+        self.min_p[2].setText(_min_p_text(self.min_p[1].value()))
+        self.follow.set_values(s.controls)
         mutes = set(v.get("mutes") or [])
         for fam, strip in self.mixer.strips.items():
             strip.mute.blockSignals(True)
@@ -464,6 +488,14 @@ class MainWindow(QMainWindow):
     def _top_p_changed(self, v: int) -> None:
         self.session.set_controls(top_p=v / 100)
         self._remember(top_p=v / 100)
+
+    def _min_p_changed(self, v: int) -> None:
+        self.session.set_controls(min_p=v / 100)
+        self._remember(min_p=v / 100)
+
+    def _follow_changed(self, name: str, value: float) -> None:
+        self.session.set_controls(**{name: value})
+        self._remember(**{name: value})
 
     def _seed_changed(self, v: int) -> None:
         seed = None if v < 0 else v
@@ -494,20 +526,27 @@ class MainWindow(QMainWindow):
         self.trigger_btn.setEnabled(mode != "accompany")
 
     def _learn(self, family: str) -> None:
+        self._learn_target(f"strength:{family}", theme.FAMILY_LABELS[family])
+
+    def _learn_follow(self, name: str) -> None:
+        self._learn_target(name, f"Follow {FOLLOW_LABELS[name].lower()}")
+
+    def _learn_target(self, target: str, label: str) -> None:
         try:
-            self.session.ccmap.learn(f"strength:{family}")
+            self.session.ccmap.learn(target)
         except Exception as e:
             self.show_error(plain(e))
             return
         self._show_ccs()
         where = "" if self.host.running else " (start the jam first: CCs arrive through the input port)"
-        self.statusBar().showMessage(f"MIDI learn: move a knob or fader for {theme.FAMILY_LABELS[family]}{where}", 8000)
+        self.statusBar().showMessage(f"MIDI learn: move a knob or fader for {label}{where}", 8000)
 
     def _show_ccs(self) -> None:
         cc = self.session.ccmap
         for fam, strip in self.mixer.strips.items():
             target = f"strength:{fam}"
             strip.set_cc(cc.cc_for(target), learning=cc.learning == target)
+        self.follow.show_ccs(cc)
 
     # --- transport ---------------------------------------------------------------------------
     def toggle_start(self) -> None:
@@ -643,6 +682,8 @@ class MainWindow(QMainWindow):
             strip = self.mixer.strips.get(control.split(":", 1)[1])
             if strip is not None:
                 strip.set_strength(float(value))
+        elif control in self.follow.faders:
+            self.follow.faders[control].set_value(float(value))
         elif control == "temperature":
             self.temp[1].blockSignals(True)
             self.temp[1].setValue(round(float(value) * 100))
@@ -753,11 +794,8 @@ class MainWindow(QMainWindow):
             return
         from musebridge.engine.events import Piece
 
-        c = dict(clip.controls)
-        try:
-            controls = SamplingControls(temperature=c.get("temperature", 1.0), top_k=c.get("top_k") or 0,
-                                        top_p=c.get("top_p", 0.95), seed=random.randrange(1, 1_000_000),
-                                        strengths=c.get("strengths") or {}, key=c.get("key"), density=c.get("density"))
+        try:  # every control the clip was made with (a clip from an older version: the rest at their defaults)
+            controls = SamplingControls.from_dict(clip.controls).with_(seed=random.randrange(1, 1_000_000))
         except Exception as e:
             self.show_error(plain(e))
             return

@@ -23,7 +23,7 @@ from musebridge.bridge.cc_map import CCMap  # noqa: E402
 from musebridge.engine.checkpoint import DEFAULT_MODEL, load_vocab  # noqa: E402
 from musebridge.engine.events import NoteOff, NoteOn  # noqa: E402
 from musebridge.engine.midi_file import read_metadata, read_midi  # noqa: E402
-from musebridge.engine.sampling import NEG, STRENGTH_SCALE, LogitShaper  # noqa: E402
+from musebridge.engine.sampling import FOLLOW_CONTROLS, NEG, STRENGTH_SCALE, LogitShaper, SamplingControls  # noqa: E402
 from musebridge.engine.vocab import NOTE  # noqa: E402
 from musebridge.gui import settings as saved  # noqa: E402
 from musebridge.gui.host import SessionHost  # noqa: E402
@@ -108,6 +108,63 @@ def test_midi_learn_and_cc_moves_show_on_the_fader(make_window):
     assert strip.cc.text() == "CC 30" and strip.slider.value() == 90
 
 
+def test_follow_faders_and_min_p_set_the_sessions_controls(make_window):
+    win = make_window()
+    s = win.session
+    default = SamplingControls()
+    assert set(win.follow.faders) == set(FOLLOW_CONTROLS)
+    for name, fader in win.follow.faders.items():  # they start at the product defaults
+        assert fader.slider.value() == round(getattr(default, name) * 100) == round(getattr(s.controls, name) * 100)
+        assert "Right-click: MIDI learn" in fader.slider.toolTip()
+    assert "key" in win.follow.faders["follow_key"].toolTip().lower()
+    assert "swing" in win.follow.faders["follow_groove"].toolTip()
+    assert "held notes" in win.follow.faders["follow_texture"].toolTip()
+    for i, name in enumerate(FOLLOW_CONTROLS):
+        before = s.controls
+        win.follow.faders[name].slider.setValue(30 + 20 * i)
+        assert s.controls == before.with_(**{name: (30 + 20 * i) / 100})  # that control, and only it
+        assert win.follow.faders[name].value.text() == f"{30 + 20 * i}%"
+    win.follow.faders["follow_key"].slider.setValue(0)
+    assert s.controls.follow_key == 0.0 and win.follow.faders["follow_key"].value.text() == "off"
+    win.min_p[1].setValue(5)
+    assert s.controls.min_p == 0.05 and win.min_p[2].text() == "0.05"
+    # what generation is given: the session's controls (and the seed asked for)
+    assert win._controls_now(9) == s.controls.with_(seed=9)
+    assert (win._controls_now(9).follow_groove, win._controls_now(9).follow_texture) == (0.5, 0.7)
+
+
+def test_a_cc_moves_a_follow_control_and_its_fader_and_midi_learn_rebinds_it(make_window, qtbot):
+    """CCs as the jam's worker handles them (its thread): the session's control changes and
+    the fader follows; MIDI learn from the fader binds a new CC and shows it."""
+    win = make_window()
+    s = win.session
+
+    def cc(number, value):
+        t = threading.Thread(target=s._handle, args=("midi", (bytes([0xB0, number, value]), time.perf_counter())))
+        t.start()
+        t.join()
+
+    for name, number in zip(FOLLOW_CONTROLS, (25, 26, 27)):
+        fader = win.follow.faders[name]
+        assert fader.cc.text() == f"CC {number}"
+        cc(number, 127)
+        assert getattr(s.controls, name) == 1.0
+        qtbot.waitUntil(lambda f=fader: f.slider.value() == 100, timeout=2000)
+        assert fader.value.text() == "100%"
+    groove = win.follow.faders["follow_groove"]
+    groove.learn.emit("follow_groove")  # what the fader's right-click menu sends
+    assert s.ccmap.learning == "follow_groove" and groove.cc.text() == "learning…"
+    cc(41, 5)  # the knob the player moves next
+    qtbot.waitUntil(lambda: groove.cc.text() == "CC 41", timeout=2000)
+    assert s.controls.follow_groove == 1.0  # learning moves nothing
+    cc(41, 32)
+    assert s.controls.follow_groove == round(32 / 127, 3)
+    qtbot.waitUntil(lambda: groove.slider.value() == 25, timeout=2000)
+    cc(26, 0)  # its old CC moves nothing now
+    assert s.controls.follow_groove == round(32 / 127, 3)
+    assert [win.follow.faders[n].slider.value() for n in FOLLOW_CONTROLS] == [100, 25, 100]
+
+
 def fake_answer(tag=1, start=8.0, seed=11):
     evs = [NoteOn(8.0, "piano", 60, 90), NoteOn(8.0, "bass", 36, 100), NoteOff(8.5, "piano", 60), NoteOn(8.5, "piano", 64, 80),
            NoteOff(9.0, "piano", 64), NoteOff(10.0, "bass", 36), NoteOn(11.0, "strings", 67, 70), NoteOff(12.0, "strings", 67)]
@@ -144,6 +201,34 @@ def test_answers_become_clips_that_export_as_valid_midi(make_window, tmp_path, q
     assert path.endswith(".mid") and len(read_midi(path).notes) == 4
 
 
+def test_a_clip_carries_the_follow_controls_and_recalls_them(make_window, qtbot, tmp_path):
+    """A jam answer made with the follow faders up exports them in its .mid; the file's
+    metadata rebuilds the very controls, and regenerating the clip keeps them (new seed)."""
+    win = make_window()
+    s = win.session
+    for name, v in zip(FOLLOW_CONTROLS, (40, 60, 80)):
+        win.follow.faders[name].slider.setValue(v)
+    win.min_p[1].setValue(4)
+    win.seed_box.setValue(11)
+    made = s.controls  # what the session's answer records carry (its `controls.to_dict()`)
+    s.history.append({**fake_answer(), "controls": made.to_dict()})
+    with qtbot.waitSignal(win.host.event, timeout=2000):
+        threading.Thread(target=lambda: s.emit("answer_end", tag=1, notes=4)).start()
+    clip = win.clips.current_clip()
+    meta = read_metadata(win.export_clip(clip, tmp_path / "a.mid"))
+    assert (meta["follow_key"], meta["follow_groove"], meta["follow_texture"], meta["min_p"]) == (0.4, 0.6, 0.8, 0.04)
+    assert SamplingControls.from_dict(meta) == made  # every control, recalled from the file
+    for name in FOLLOW_CONTROLS:  # the faders move on; the clip keeps what made it
+        win.follow.faders[name].slider.setValue(0)
+    with qtbot.waitSignal(win.job.done, timeout=60000):
+        win.regenerate_clip()
+    again = win.clips.clips[-1]
+    assert again.source == "regenerated"
+    assert SamplingControls.from_dict(again.controls) == made.with_(seed=again.seed) and again.seed != 11
+    meta2 = read_metadata(win.export_clip(again, tmp_path / "b.mid"))
+    assert SamplingControls.from_dict(meta2) == made.with_(seed=again.seed)
+
+
 def test_window_survives_ports_vanishing(make_window, qtbot):
     ports = Ports()
     win = make_window(lister=ports)
@@ -175,12 +260,28 @@ def test_settings_persist(make_window):
     win.mixer.strips["guitar"].slider.setValue(70)
     win.mixer.strips["drums"].mute.setChecked(True)
     win.set_mode("accompany")
+    for name, v in zip(FOLLOW_CONTROLS, (35, 55, 75)):
+        win.follow.faders[name].slider.setValue(v)
+    win.min_p[1].setValue(8)
     win.close()
     again = make_window()
     assert again.session.controls.temperature == 1.3
+    assert [getattr(again.session.controls, n) for n in FOLLOW_CONTROLS] == [0.35, 0.55, 0.75]
+    assert [again.follow.faders[n].slider.value() for n in FOLLOW_CONTROLS] == [35, 55, 75]
+    assert again.session.controls.min_p == 0.08 and again.min_p[1].value() == 8 and again.min_p[2].text() == "0.08"
     assert again.session.controls.strengths == {"guitar": 0.7, "drums": 0.0}
     assert again.mixer.strips["drums"].mute.isChecked() and again.mixer.strips["guitar"].slider.value() == 70
     assert again.session.cfg.mode == "accompany" and again.mode_group.checkedId() == 1
+
+
+def test_a_damaged_saved_control_falls_back_alone(make_window, tmp_path):
+    qs = saved.open_settings(str(tmp_path / "settings.ini"))
+    saved.save(qs, {"follow_key": 0.6, "follow_groove": 7.0, "temperature": 1.4})  # 7: out of range (a hand edit)
+    qs.sync()
+    win = make_window()
+    c = win.session.controls
+    assert (c.follow_key, c.temperature) == (0.6, 1.4)
+    assert c.follow_groove == SamplingControls().follow_groove
 
 
 def test_start_and_stop_never_block_the_window(make_window, qtbot):
@@ -331,5 +432,35 @@ def test_status_bar_counts_the_input_messages_the_jam_dropped(jack_server, qtbot
         assert host.session.counters["notes_in"] == 1
     finally:
         raw.delete()
+        win.close()
+    assert not host.running
+
+
+def test_a_knob_on_the_jams_real_input_moves_a_follow_fader(jack_server, qtbot, tmp_path):
+    """CC 26 from a controller through the running jam's real JACK input: the session's
+    follow_groove changes and the app's Groove fader moves with it."""
+    import rtmidi
+
+    from musebridge.bridge.jam_probe import bridge_port
+    from musebridge.gui.port_watch import PortWatcher
+
+    qs = saved.open_settings(str(tmp_path / "s.ini"))
+    values = {**saved.load(qs), "api": "jack"}
+    host = SessionHost(saved.to_config(values), ports=True, ccmap=CCMap(tmp_path / "m.json", load=False))
+    win = MainWindow(host, qs, values, port_lister=PortWatcher(), refresh_ms=0)
+    qtbot.addWidget(win)
+    knob = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="gui knob")
+    try:
+        win.toggle_start()
+        qtbot.waitUntil(lambda: host.running and host.idle, timeout=30000)
+        knob.open_port(knob.get_ports().index(bridge_port("In")))
+        time.sleep(0.05)
+        knob.send_message([0xB0, 26, 127])
+        groove = win.follow.faders["follow_groove"]
+        qtbot.waitUntil(lambda: groove.slider.value() == 100, timeout=3000)
+        assert host.session.controls.follow_groove == 1.0
+        assert host.session.controls.follow_key == SamplingControls().follow_key
+    finally:
+        knob.delete()
         win.close()
     assert not host.running
