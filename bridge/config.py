@@ -28,7 +28,7 @@ class JamConfig:
     backend: str = "auto"
     model: str | None = None
     style: str | None = None
-    controls: SamplingControls = field(default_factory=lambda: SamplingControls(temperature=1.0, top_p=0.95))
+    controls: SamplingControls = field(default_factory=SamplingControls)
     in_channel: int | None = None  # 1..16, None: all channels
     in_family: str = "piano"  # what the player's channels are heard as (channel 10: drums)
     quantize: float = 0.0  # 0: as played .. 1: fully on the grid

@@ -485,7 +485,7 @@ class JamSession:
         self.origin = math.floor(self._song_beat() / bpb) * bpb
         fams = [self.cfg.in_family] + [f for f, s in self.controls.strengths.items() if s > 0.5]
         fams = [f for f in dict.fromkeys(fams) if self.controls.strengths.get(f, 0.5) > 0]
-        self.timeline = Timeline(self._runtime, self.cfg.style, fams)
+        self.timeline = Timeline(self._runtime, self.cfg.style, fams, self.cfg.beats_per_bar)
 
     def _rebase(self) -> None:
         """The song position jumped (DAW start/locate): keep the timeline going from its end,

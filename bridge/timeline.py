@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Iterable
 
 import numpy as np
 
 from musebridge.engine.events import Event, NoteOff, NoteOn
 from musebridge.engine.runtime import CachedRuntime
-from musebridge.engine.sampling import Grammar, LogitShaper, OutputGuard
-from musebridge.engine.tokenizer import StreamDecoder, StreamEncoder
-from musebridge.engine.vocab import END, NOTE, WAIT, Vocabulary
+from musebridge.engine.follow import PlayerProfile
+from musebridge.engine.row_decoder import RowDecoder
+from musebridge.engine.sampling import NEG, Grammar, LogitShaper
+from musebridge.engine.tokenizer import StreamEncoder
+from musebridge.engine.vocab import NOTE, WAIT, Vocabulary
 
 
 @dataclass
@@ -35,7 +38,7 @@ class _Mark:
     encoder: StreamEncoder
     grammar: Grammar
     logits: np.ndarray
-    model_sounding: set
+    model_sounding: dict
 
 
 @dataclass
@@ -51,7 +54,7 @@ class Answer:
 class Timeline:
     """Runtime + encoder + grammar for a whole jam; times are timeline beats (>= 0)."""
 
-    def __init__(self, runtime: CachedRuntime, style: str | None, families: list[str]):
+    def __init__(self, runtime: CachedRuntime, style: str | None, families: list[str], beats_per_bar: float = 4.0):
         if runtime.vocab.config.time_mode != "beats":
             raise ValueError("the realtime bridge needs a beats-mode vocabulary")
         self.rt = runtime
@@ -64,7 +67,8 @@ class Timeline:
             self.grammar.update(t)
         self.logits = runtime.prefill(prefix)
         self.marks: list[_Mark] = []
-        self.model_sounding: set[tuple[str, int]] = set()  # notes the model started, still on
+        self.model_sounding: dict[tuple[str, int], float] = {}  # notes the model started, still on -> onset beat
+        self.profile = PlayerProfile(beats_per_bar)  # what the player played: what answers follow
 
     @property
     def time(self) -> float:
@@ -79,6 +83,8 @@ class Timeline:
             toks += self.encoder.add(ev)
             if model:
                 self._track_model(ev)
+            else:
+                self.profile.observe(ev)
         return self._append(toks)
 
     def advance_to(self, beat: float) -> int:
@@ -94,9 +100,9 @@ class Timeline:
 
     def _track_model(self, ev: Event) -> None:
         if isinstance(ev, NoteOn):
-            self.model_sounding.add((ev.family, ev.pitch))
+            self.model_sounding[(ev.family, ev.pitch)] = ev.time
         elif isinstance(ev, NoteOff):
-            self.model_sounding.discard((ev.family, ev.pitch))
+            self.model_sounding.pop((ev.family, ev.pitch), None)
 
     # --- generation ---------------------------------------------------------------------
     def generate(
@@ -124,36 +130,33 @@ class Timeline:
         t0 = (clock or _time.perf_counter)()
         ans = Answer()
         self.advance_to(start)
-        dec = StreamDecoder(v)
-        dec.tick = self.encoder.tick
-        guard = OutputGuard(v, self.rt.source)  # damaged weights: this answer stops with an error, not a flood
+        held = {(v.family_index[f], p): round(onset * self.tpb) for (f, p), onset in self.model_sounding.items()}
+        # the one decode step (engine/row_decoder.py): grammar, guard, density and following the player
+        row = RowDecoder(v, shaper, self.grammar, rng, self.profile.heard(self.time), tick=self.encoder.tick,
+                         source=self.rt.source, held=held)
         end_tick = round(end * self.tpb)
         next_mark = self.time
         sampled_note = not first_note
-        while dec.tick < end_tick:
+        while row.tick < end_tick:
             if cancelled():
                 ans.cancelled = True
                 break
-            if dec.tick / self.tpb >= next_mark:
+            if row.tick / self.tpb >= next_mark:
                 self._mark()
                 next_mark += mark_every
-            extra = self.grammar.mask
-            if not sampled_note:
-                extra = extra + self._no_wait
-            tok = shaper.sample(self.logits[0], _Masked(self.grammar, extra), rng=rng)
+            tok = row.sample(self.logits[0], self._no_end if sampled_note else self._no_wait)
             if ans.first_token_s is None:
                 ans.first_token_s = (clock or _time.perf_counter)() - t0
-            if v.names[tok] == END or (v.kind[tok] == WAIT and dec.tick + int(v.value[tok]) > end_tick):
-                break  # the model rests or stops: rest until the end
+            if v.kind[tok] == WAIT and row.tick + int(v.value[tok]) > end_tick:
+                break  # the model rests past the end: rest until the end
             if v.kind[tok] == NOTE and v.vbin[tok] > 0:
                 sampled_note = True
-            guard.check(tok)
-            self.grammar.update(tok)
+            events = row.feed(tok)  # damaged weights: the guard stops this answer with an error, not a flood
             self.logits = self.rt.step([tok])
             ans.tokens += 1
-            for ev in dec.feed(tok):
+            for ev in events:
                 self._model_event(ev, ans, emit)
-        self.encoder.advance(dec.tick)  # the rests it sampled are in the cache already
+        self.encoder.advance(row.tick)  # the rests it sampled are in the cache already
         if close and not ans.cancelled:
             self.release_model_notes(end, emit, ans)
         if not ans.cancelled:
@@ -178,16 +181,20 @@ class Timeline:
         ans.events.append(ev)
         emit(ev)
 
-    @property
+    @cached_property
+    def _no_end(self) -> np.ndarray:
+        """Bias forbidding the end token: an answer has a set end, where it rests until
+        (as `generate` does offline), so the model may not stop it early."""
+        b = np.zeros(len(self.vocab), np.float32)
+        b[self.vocab.end] = NEG
+        return b
+
+    @cached_property
     def _no_wait(self) -> np.ndarray:
-        """Bias forbidding rests and the end token (the answer's first token is a note)."""
-        if not hasattr(self, "_no_wait_bias"):
-            v = self.vocab
-            b = np.zeros(len(v), np.float32)
-            b[v.kind == WAIT] = -1e9
-            b[v.end] = -1e9
-            self._no_wait_bias = b
-        return self._no_wait_bias
+        """Bias forbidding rests too (the answer's first token is a note)."""
+        b = self._no_end.copy()
+        b[self.vocab.kind == WAIT] = NEG
+        return b
 
     # --- taking back what was not played ------------------------------------------------
     def mark(self) -> None:
@@ -196,7 +203,7 @@ class Timeline:
 
     def _mark(self) -> None:
         self.marks.append(_Mark(self.time, self.rt.mark(), _copy_encoder(self.encoder), self.grammar.copy(),
-                                self.logits.copy(), set(self.model_sounding)))
+                                self.logits.copy(), dict(self.model_sounding)))
         if len(self.marks) > 512:
             del self.marks[:256]
 
@@ -212,7 +219,7 @@ class Timeline:
             self.marks.clear()
             return None
         self.encoder, self.grammar, self.logits = _copy_encoder(m.encoder), m.grammar.copy(), m.logits.copy()
-        self.model_sounding = set(m.model_sounding)
+        self.model_sounding = dict(m.model_sounding)
         self.marks.pop()
         return m.beat
 
@@ -222,9 +229,3 @@ def _copy_encoder(enc: StreamEncoder) -> StreamEncoder:
     not the ~5 ms of copying the vocabulary's arrays."""
     return copy.deepcopy(enc, {id(enc.vocab): enc.vocab, id(enc.cfg): enc.cfg})
 
-
-class _Masked:
-    """A grammar stand-in whose mask carries an extra bias (for the first answer token)."""
-
-    def __init__(self, grammar: Grammar, mask: np.ndarray):
-        self.grammar, self.mask = grammar, mask

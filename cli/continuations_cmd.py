@@ -15,7 +15,7 @@ import click
 
 from .errors import MuseBridgeError
 from .files import write_atomic
-from .options import Checked
+from .options import Checked, decoding_options
 
 
 @click.command("continuations")
@@ -29,14 +29,12 @@ from .options import Checked
 @click.option("--model", "model_dir", type=click.Path(), default=None, help="Model folder (default: the shipped model).")
 @click.option("--ngram", type=click.Path(), default=None,
               help="An n-gram .npz to sample beside the model (default: DATA/baselines/ngram.npz, if there).")
-@click.option("--temperature", type=Checked(click.FLOAT, "sampling.check_temperature"), default=1.0, show_default=True)
-@click.option("--top-k", type=Checked(click.INT, "sampling.check_top_k"), default=0, show_default=True)
-@click.option("--top-p", type=Checked(click.FLOAT, "sampling.check_top_p"), default=0.95, show_default=True)
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write every row and median.")
 @click.option("--png", type=click.Path(dir_okay=False), default=None, help="A sheet of piano rolls: prompt | answers | real.")
 @click.option("--rolls", type=click.IntRange(1, 40), default=6, show_default=True, help="Prompts on the PNG sheet.")
-def continuations(data, midi_dirs, split, prompt_bars, bars, limit, seeds, model_dir, ngram, temperature, top_k, top_p,
+@decoding_options
+def continuations(data, midi_dirs, split, prompt_bars, bars, limit, seeds, model_dir, ngram, decoding,
                   backend, json_out, png, rolls) -> None:
     """Continue real prompts and measure the answers beside the real next bars."""
     from musebridge.engine.backends import open_runtime
@@ -70,22 +68,22 @@ def continuations(data, midi_dirs, split, prompt_bars, bars, limit, seeds, model
         systems["ngram"] = NGramRuntime(NGramModel.load(ngram_path), runtime.vocab)
     elif ngram:
         raise MuseBridgeError(f"n-gram file {ngram} not found; fit one with musebridge train --arch ngram")
-    controls = SamplingControls(temperature=temperature, top_k=top_k, top_p=top_p)
+    controls = SamplingControls(**decoding)
 
     def progress(i: int, n: int) -> None:
         if i == n or i % 10 == 0:
             click.echo(f"  {i}/{n} prompts", err=True)
 
     result = run(cases, systems, bars, controls, seed_list, progress)
-    result["settings"] = {"prompt_bars": prompt_bars, "bars": bars, "seeds": list(seed_list), "temperature": temperature,
-                          "top_k": top_k, "top_p": top_p, "model": str(model_dir or "default"), "backend": runtime.name,
+    result["settings"] = {"prompt_bars": prompt_bars, "bars": bars, "seeds": list(seed_list), **decoding,
+                          "model": str(model_dir or "default"), "backend": runtime.name,
                           "split": split if data else None, "midi": list(midi_dirs)}
     click.echo(table(result))
-    styles = [s for s in result["medians"]["real"] if s != "all"]
-    if len(styles) > 1:
-        for s in styles:
+    groups = [g for g in result["groups"]["real"] if g != "all"]
+    if len(groups) > 1:  # per style family; every single style is in the JSON
+        for g in groups:
             click.echo("")
-            click.echo(table(result, s))
+            click.echo(table(result, g, by="group"))
     if json_out:
         text = json.dumps(result, indent=1) + "\n"
         write_atomic(json_out, lambda tmp: Path(tmp).write_text(text))

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from .errors import MuseBridgeError
-from .options import Checked, duration_seconds
+from .options import Checked, decoding_options, duration_seconds
 
 
 @click.command()
@@ -29,8 +29,6 @@ from .options import Checked, duration_seconds
 @click.option("--model", "model_dir", type=click.Path(), default=None, help="Model folder (default: the shipped model).")
 @click.option("--style", default=None, help="Style label from the model's vocabulary.")
 @click.option("--strength", "strengths", multiple=True, metavar="FAMILY=S", help="Instrument strengths, e.g. bass=1,drums=0.")
-@click.option("--temperature", type=Checked(click.FLOAT, "sampling.check_temperature"), default=1.0, show_default=True)
-@click.option("--top-p", type=Checked(click.FLOAT, "sampling.check_top_p"), default=0.95, show_default=True)
 @click.option("--seed", type=Checked(click.INT, "sampling.check_seed"), default=None, help="Same seed, same answers (0 to 2^32-1).")
 @click.option("--channel", type=int, default=None, help="Listen on this channel only (1-16; default all).")
 @click.option("--in-family", default="piano", show_default=True, help="What the played notes are heard as (channel 10: drums).")
@@ -47,8 +45,9 @@ from .options import Checked, duration_seconds
               help="Stop after this many seconds (0, the default: until Ctrl-C).")
 @click.option("--save", "save_dir", type=click.Path(file_okay=False), default=None,
               help="Write every answer to this folder as a .mid (with its seed and settings).")
-def jam(in_port, out_port, api, mode, bars, bpm, beats_per_bar, clock, backend, model_dir, style, strengths, temperature,
-        top_p, seed, channel, in_family, quantize, silence, trigger_note, trigger_cc, answer_on, lookahead, latency_ms,
+@decoding_options
+def jam(in_port, out_port, api, mode, bars, bpm, beats_per_bar, clock, backend, model_dir, style, strengths, decoding,
+        seed, channel, in_family, quantize, silence, trigger_note, trigger_cc, answer_on, lookahead, latency_ms,
         log_json, duration, save_dir) -> None:
     """Play along with the model on MIDI ports, following the DAW's clock."""
     from musebridge.bridge.config import JamConfig
@@ -64,7 +63,7 @@ def jam(in_port, out_port, api, mode, bars, bpm, beats_per_bar, clock, backend, 
         parsed.update(parse_strengths(s, vocab))
     cfg = JamConfig(in_port=in_port, out_port=out_port, api=api, mode=mode, bars=bars, bpm=bpm, beats_per_bar=beats_per_bar,
                     clock=clock, backend=backend, model=model_dir, style=style,
-                    controls=SamplingControls(temperature=temperature, top_p=top_p, seed=seed, strengths=parsed),
+                    controls=SamplingControls(**decoding, seed=seed, strengths=parsed),
                     in_channel=channel, in_family=in_family, quantize=quantize, silence_beats=silence,
                     trigger_note=trigger_note, trigger_cc=trigger_cc, answer_on=answer_on, lookahead_beats=lookahead,
                     latency_ms=latency_ms)

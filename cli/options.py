@@ -8,6 +8,7 @@ A refused value is a `MuseBridgeError`: one line, `error: --seed -1 is invalid: 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 from typing import Callable
@@ -46,3 +47,34 @@ def duration_seconds(value: float, label: str = "duration") -> float:
                               "to play until Ctrl-C")
     return float(value)
 
+
+
+# name, option type (rule), help: the decoding controls every command that samples takes
+_DECODING = (
+    ("temperature", click.FLOAT, "check_temperature", "Sampling temperature (lower: safer, higher: wilder)."),
+    ("top_k", click.INT, "check_top_k", "Keep the k likeliest tokens (0: off)."),
+    ("top_p", click.FLOAT, "check_top_p", "Nucleus: keep the likeliest tokens holding this probability (1: off)."),
+    ("min_p", click.FLOAT, "check_min_p", "Cut tokens below this share of the likeliest one's probability (0: off)."),
+    ("follow_key", click.FLOAT, "check_follow", "Keep to the key heard in the prompt/player: 0 off .. 1 strict."),
+    ("follow_groove", click.FLOAT, "check_follow", "Keep to the player's onset grid and swing: 0 off .. 1 strict."),
+    ("follow_texture", click.FLOAT, "check_follow",
+     "Note lengths and voices near the player's (no droning held notes): 0 off .. 1 strict."),
+)
+
+
+def decoding_options(command: Callable) -> Callable:
+    """Add the decoding controls as options (defaults: engine/decoding_defaults.py) and pass
+    them to `command` as one dict, `decoding`, ready for `SamplingControls(**decoding)`."""
+    from musebridge.engine.decoding_defaults import DECODING_DEFAULTS
+
+    names = [name for name, *_ in _DECODING]
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        kwargs["decoding"] = {name: kwargs.pop(name) for name in names}
+        return command(*args, **kwargs)
+
+    for name, base, rule, help_text in reversed(_DECODING):
+        wrapper = click.option(f"--{name.replace('_', '-')}", name, type=Checked(base, f"sampling.{rule}"),
+                               default=DECODING_DEFAULTS[name], show_default=True, help=help_text)(wrapper)
+    return wrapper

@@ -47,6 +47,14 @@ class Case:
     key: Key | None = None
     grid: Grid | None = None
     answers: dict[str, list[Note]] = field(default_factory=dict)
+    group: str = ""  # a family of styles: folk, classical, pop, drums, or a folder's name
+
+
+def style_group(source: str, style: str) -> str:
+    """The style family a test-split piece is reported under (the model card's rows)."""
+    if source == "music21":
+        return "folk" if style.startswith("folk") else "classical"
+    return {"pop909": "pop (POP909)", "groove": "drums (Groove)"}.get(source, source)
 
 
 def window(notes: list[Note], start: float, end: float) -> list[Note]:
@@ -90,6 +98,8 @@ def cases_from_folder(folder: str | Path, prompt_bars: int = 4, answer_bars: int
             continue
         case = make_case(piece, path.stem, path.parent.name, prompt_bars, answer_bars)
         if case is not None:
+            rel = path.relative_to(folder).parts
+            case.group = rel[0] if len(rel) > 1 else Path(folder).name
             out.append(case)
         if limit and len(out) >= limit:
             break
@@ -119,6 +129,7 @@ def cases_from_split(data: str | Path, split: str = "test", prompt_bars: int = 4
         piece = decode_tokens(shards.piece_tokens(p), shards.vocab)
         case = make_case(piece, str(p.get("id", p.get("offset"))), str(p.get("style")), prompt_bars, answer_bars)
         if case is not None:
+            case.group = style_group(str(p.get("source")), case.style)
             out.append(case)
         if limit and len(out) >= limit:
             break
@@ -160,20 +171,20 @@ def run(cases: list[Case], systems: dict, answer_bars: int = 4, controls: Sampli
             d = describe(notes, beats, case.prompt, case.key, case.grid, case.bar)
             for m in RATIO_TO_REAL:
                 d[f"{m}_vs_real"] = None if d[m] is None or not real[m] else d[m] / real[m]
-            rows.append({"case": case.name, "style": case.style, "system": name.split("@")[0],
+            rows.append({"case": case.name, "style": case.style, "group": case.group, "system": name.split("@")[0],
                          "key": str(case.key), "grid": case.grid.name, **d})
         if progress:
             progress(i + 1, len(cases))
-    return {"cases": rows, "medians": medians(rows)}
+    return {"cases": rows, "medians": medians(rows), "groups": medians(rows, "group")}
 
 
-def medians(rows: list[dict]) -> dict:
-    """{system: {style | "all": {measure: median}}}; drones also as a mean (rare but loud)."""
+def medians(rows: list[dict], by: str = "style") -> dict:
+    """{system: {style (or group) | "all": {measure: median}}}; drones also as a mean (rare but loud)."""
     keys = [*MEASURES, *(f"{m}_vs_real" for m in RATIO_TO_REAL)]
     out: dict = {}
     for system in sorted({r["system"] for r in rows}):
         mine = [r for r in rows if r["system"] == system]
-        groups = {"all": mine} | {s: [r for r in mine if r["style"] == s] for s in sorted({r["style"] for r in mine})}
+        groups = {"all": mine} | {s: [r for r in mine if r[by] == s] for s in sorted({r[by] for r in mine})}
         out[system] = {}
         for g, rs in groups.items():
             stats = {"prompts": len({r["case"] for r in rs})}
@@ -186,9 +197,10 @@ def medians(rows: list[dict]) -> dict:
     return out
 
 
-def table(result: dict, group: str = "all") -> str:
-    """The medians of one group as a plain-text table, one column per system."""
-    med = result["medians"]
+def table(result: dict, group: str = "all", by: str = "style") -> str:
+    """The medians of one style (`by="style"`) or style group (`by="group"`) as a plain-text
+    table, one column per system."""
+    med = result["groups" if by == "group" else "medians"]
     systems = [s for s in ("model", "ngram", "repeat", "real") if s in med] + \
               [s for s in med if s not in ("model", "ngram", "repeat", "real")]
     keys = ["prompts", "key_agreement", "in_scale", "on_grid", "length_ratio", "drones", "drones_mean", "polyphony",

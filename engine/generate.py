@@ -13,9 +13,11 @@ import numpy as np
 
 from .events import Event, Piece, Tempo, TimeSignature
 from .runtime import CachedRuntime
-from .sampling import NEG, ControlError, Grammar, LogitShaper, OutputGuard, SamplingControls
+from .follow import Heard, PlayerProfile
+from .row_decoder import RowDecoder
+from .sampling import NEG, ControlError, Grammar, LogitShaper, SamplingControls
 from .tokenizer import StreamDecoder, StreamEncoder, decode_tokens, encode_events
-from .vocab import NOTE, WAIT, Vocabulary, is_real, is_whole
+from .vocab import WAIT, Vocabulary, is_real, is_whole
 
 
 @dataclass
@@ -59,6 +61,11 @@ def prompt_tokens(prompt: Piece, vocab: Vocabulary, style: str | None, families:
     return StreamEncoder(vocab).prefix(style, families) + body
 
 
+def prompt_start(prompt: Piece, until: float | None = None) -> float:
+    """Where in the prompt's beats its continuation starts: `prompt_tokens`' rule."""
+    return max([n.end for n in prompt.notes] + [until or 0.0])
+
+
 def ticks_per_unit(v: Vocabulary) -> float:
     """Grid ticks per decoder time unit (beats, or seconds in seconds mode)."""
     return v.config.ticks_per_beat if v.config.time_mode == "beats" else 1000.0 / v.config.wait_ms
@@ -72,45 +79,41 @@ def continue_rows(
     end_time: float,
     max_tokens: int,
     seeds: list[int | None],
+    heard: Heard | None = None,
+    grid_offset: int = 0,
 ) -> list[list[int]]:
-    """Sample every row of `runtime` until its time reaches `end_time`; close open notes."""
+    """Sample every row of `runtime` until its time reaches `end_time`; close open notes.
+
+    `heard` is what the rows follow (the prompt's key, grid, holds and voices) and
+    `grid_offset` the tick of the beat the rows start on (0: on a beat).
+    """
     v = runtime.vocab
     b = runtime.batch
     per = ticks_per_unit(v)
-    rngs = [np.random.default_rng(s) for s in seeds]
-    decoders = [StreamDecoder(v) for _ in range(b)]
-    guards = [OutputGuard(v, runtime.source) for _ in range(b)]
+    rows = [RowDecoder(v, shaper, grammars[r], np.random.default_rng(seeds[r]), heard, source=runtime.source,
+                       grid_offset=grid_offset) for r in range(b)]
+    no_end = None
+    if end_time != float("inf"):  # a clip of a set length: the model may not end it early
+        no_end = np.zeros(len(v))
+        no_end[v.end] = NEG
     out: list[list[int]] = [[] for _ in range(b)]
     done = [False] * b
-    recent: list[list[float]] = [[] for _ in range(b)]
-    window = 2.0 if v.config.time_mode == "beats" else 1.0
     for _ in range(max_tokens):
         step = np.full(b, v.wait(1), np.int64)  # finished rows idle on a wait (never read back)
-        for r in range(b):
+        for r, row in enumerate(rows):
             if done[r]:
                 continue
-            dec = decoders[r]
-            recent[r] = [t for t in recent[r] if t > dec.time - window]
-            rate = len(recent[r]) / window if dec.time >= window else None
-            row = logits[r]
-            if end_time != float("inf"):  # a clip of a set length: the model may not end it early
-                row = row.copy()
-                row[v.end] = NEG
-            tok = shaper.sample(row, grammars[r], shaper.density_bias(rate), rngs[r])
+            tok = row.sample(logits[r], no_end)
             if tok == v.end and end_time == float("inf"):
                 done[r] = True  # open-ended sampling (the critic's data): stop where the model stops
                 continue
-            if tok == v.end or (v.kind[tok] == WAIT and dec.time + v.value[tok] / per > end_time - 1e-9):
+            if tok == v.end or (v.kind[tok] == WAIT and row.time + v.value[tok] / per > end_time - 1e-9):
                 # the model wants to stop, or to wait past the end: rest exactly until the end
                 done[r] = True
-                tok = _wait_to(v, dec.time, end_time)
+                tok = _wait_to(v, row.time, end_time)
                 if tok is None:
                     continue
-            guards[r].check(tok)
-            grammars[r].update(tok)
-            dec.feed(tok)
-            if v.kind[tok] == NOTE and v.vbin[tok] > 0:
-                recent[r].append(dec.time)
+            row.feed(tok)
             out[r].append(tok)
             step[r] = tok
         if all(done):
@@ -224,7 +227,11 @@ def _continue(runtime: CachedRuntime, prompt: Piece, bars: float, controls: Samp
     if variations > 1:
         rt = runtime.fork(variations)
         logits = np.repeat(logits, variations, axis=0)
-    rows = continue_rows(rt, logits, shaper, [grammar.copy() for _ in range(variations)], end_time, max_tokens, seeds)
+    start = prompt_start(prompt, prompt_end)
+    heard = PlayerProfile.of_piece(prompt, beats_per_bar(prompt)).heard(start)
+    offset = round(start * v.config.ticks_per_beat) if v.config.time_mode == "beats" else 0
+    rows = continue_rows(rt, logits, shaper, [grammar.copy() for _ in range(variations)], end_time, max_tokens, seeds,
+                         heard, offset)
     tempos = [Tempo(0.0, prompt.tempos[-1].bpm)] if prompt.tempos else []
     last_ts = prompt.time_signatures[-1] if prompt.time_signatures else None
     sigs = [TimeSignature(0.0, last_ts.numerator, last_ts.denominator)] if last_ts else []

@@ -20,6 +20,7 @@ import numpy as np
 from musebridge.errors import MuseBridgeError
 
 from .checkpoint import ModelOutputError
+from .decoding_defaults import DECODING_DEFAULTS
 
 from .vocab import INSTRUMENT, NOTE, PEDAL, SPECIAL, STYLE, TEMPO, TIMESIG, WAIT, Vocabulary, is_real, is_whole
 
@@ -134,18 +135,18 @@ def check_strength(family: str, s) -> float:
 class SamplingControls:
     """What the user steers with. Validated on creation: bad values get one clear line."""
 
-    temperature: float = 1.0
-    top_k: int = 0  # 0: off
-    top_p: float = 0.95  # 1: off
-    min_p: float = 0.0  # 0: off; else tokens below min_p x the likeliest one's probability are cut
+    temperature: float = DECODING_DEFAULTS["temperature"]
+    top_k: int = DECODING_DEFAULTS["top_k"]  # 0: off
+    top_p: float = DECODING_DEFAULTS["top_p"]  # 1: off
+    min_p: float = DECODING_DEFAULTS["min_p"]  # 0: off; else tokens below min_p x the likeliest one's probability are cut
     seed: int | None = None
     strengths: dict[str, float] = field(default_factory=dict)  # family -> 0..1 (missing: 0.5)
     key: str | None = None  # e.g. "C major": pitched note-ons outside it are masked (overrides follow_key)
     density: float | None = None  # target note-ons per beat
     # following the player (engine/follow.py): 0 off .. 1 strict
-    follow_key: float = 0.0  # the key heard in the player's notes
-    follow_groove: float = 0.0  # the onset grid (and swing) the player uses
-    follow_texture: float = 0.0  # note lengths and voices near the player's
+    follow_key: float = DECODING_DEFAULTS["follow_key"]  # the key heard in the player's notes
+    follow_groove: float = DECODING_DEFAULTS["follow_groove"]  # the onset grid (and swing) the player uses
+    follow_texture: float = DECODING_DEFAULTS["follow_texture"]  # note lengths and voices near the player's
 
     def __post_init__(self) -> None:
         check_temperature(self.temperature)
@@ -359,11 +360,14 @@ class LogitShaper:
         x = logits.astype(np.float64) / c.temperature + self.bias + grammar.mask
         if note_bias:
             x = x + note_bias * self.on_mask
-        return sample_logits(x, c.top_k, c.top_p, rng if rng is not None else self.rng)
+        return sample_logits(x, c.top_k, c.top_p, rng if rng is not None else self.rng, c.min_p)
 
 
-def sample_logits(x: np.ndarray, top_k: int, top_p: float, rng: np.random.Generator) -> int:
-    """Sample from (already tempered and masked) logits with top-k then top-p.
+def sample_logits(x: np.ndarray, top_k: int, top_p: float, rng: np.random.Generator, min_p: float = 0.0) -> int:
+    """Sample from (already tempered and masked) logits with top-k, min-p, then top-p.
+
+    min-p (Nguyen et al. 2024) cuts tokens less likely than `min_p` times the likeliest:
+    unlike top-p it cuts more where the model is sure and less where it is not.
 
     Sampling runs once per token beside a decode step of well under a millisecond, so
     it must not sort the whole vocabulary: the nucleus is found among the few most likely
@@ -376,6 +380,8 @@ def sample_logits(x: np.ndarray, top_k: int, top_p: float, rng: np.random.Genera
         x = np.where(x >= kth, x, -np.inf)
     p = np.exp(x - x.max())
     p[x < NEG / 2] = 0.0
+    if min_p > 0.0:
+        p[p < min_p] = 0.0  # p.max() is 1 here: p = exp(x - max)
     p /= p.sum()
     if top_p < 1.0:
         order = np.arange(len(p))

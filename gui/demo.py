@@ -66,7 +66,7 @@ def load_demo(window, runtime=None, style: str | None = "pop", seed: int = 7) ->
     rt = runtime or open_runtime(cfg.model, cfg.backend)
     window.backend = getattr(rt, "name", None)
     fams = [cfg.in_family] + [f for f, v in s.controls.strengths.items() if v > 0.5]
-    tl = Timeline(rt, cfg.style, [f for f in dict.fromkeys(fams) if s.controls.strengths.get(f, 0.5) > 0])
+    tl = Timeline(rt, cfg.style, [f for f in dict.fromkeys(fams) if s.controls.strengths.get(f, 0.5) > 0], bpb)
     shaper = LogitShaper(tl.vocab, s.controls)
     rng = np.random.default_rng(seed)
     phrase_len = 2 * bpb

@@ -1,0 +1,91 @@
+"""One answer's decode step: the single path `generate`, the jam and the app sample through.
+
+Before this, the offline loop (`generate.continue_rows`) and the live one
+(`bridge/timeline.Timeline.generate`) were two copies that had drifted -- the live one
+never applied the density target. A `RowDecoder` owns everything one row of sampling
+keeps between tokens: the grammar, the clock (a `StreamDecoder`), the output guard, the
+recent onsets behind the density target, the notes it holds and the follow biases
+(engine/follow.py). Callers keep only what differs by design: where an answer ends and
+whether its first token must be a note.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .events import Event
+from .follow import FollowBias, Heard
+from .sampling import Grammar, LogitShaper, OutputGuard, sample_logits
+from .tokenizer import StreamDecoder
+from .vocab import NOTE, Vocabulary
+
+DENSITY_WINDOW_BEATS = 2.0  # the density target reads the last 2 beats (1 s in seconds mode)
+
+
+class RowDecoder:
+    """Sample-and-feed for one row, from `tick` on the stream's clock."""
+
+    def __init__(self, vocab: Vocabulary, shaper: LogitShaper, grammar: Grammar, rng: np.random.Generator,
+                 heard: Heard | None = None, tick: int = 0, source: str | None = None,
+                 held: dict[tuple[int, int], int] | None = None, grid_offset: int = 0):
+        self.vocab = vocab
+        self.shaper = shaper
+        self.grammar = grammar
+        self.rng = rng
+        self.dec = StreamDecoder(vocab)
+        self.dec.tick = tick
+        self.start_tick = tick
+        self.guard = OutputGuard(vocab, source)
+        c = shaper.controls
+        # an explicit key is strict (shaper.bias masks outside it); following it would add nothing
+        key_follow = 0.0 if c.key else c.follow_key
+        # the grid is read on the beat: `grid_offset` is the beat tick this row's tick 0 falls on
+        self.follow = FollowBias(vocab, heard, key_follow, c.follow_groove, c.follow_texture)
+        self.grid_offset = grid_offset
+        self.static = (shaper.bias + self.follow.static).astype(np.float64)
+        self.held: dict[tuple[int, int], int] = dict(held or {})  # (family, pitch) -> onset tick
+        self.onsets: list[float] = []
+        self.window = DENSITY_WINDOW_BEATS if vocab.config.time_mode == "beats" else 1.0
+        self.start_time = self.dec.time
+
+    @property
+    def tick(self) -> int:
+        return self.dec.tick
+
+    @property
+    def time(self) -> float:
+        return self.dec.time
+
+    def _density_shift(self) -> float:
+        now = self.dec.time
+        self.onsets = [t for t in self.onsets if t > now - self.window]
+        elapsed = now - self.start_time
+        rate = len(self.onsets) / self.window if elapsed >= self.window else None
+        return self.shaper.density_bias(rate)
+
+    def sample(self, logits: np.ndarray, extra: np.ndarray | None = None) -> int:
+        """The next token under controls, grammar, density, follow biases and `extra`."""
+        c = self.shaper.controls
+        x = logits.astype(np.float64) / c.temperature + self.static + self.grammar.mask
+        if extra is not None:
+            x += extra
+        shift = self._density_shift() + self.follow.note_on_shift(self.dec.tick + self.grid_offset)
+        if shift:
+            x += shift * self.follow.on_mask
+        self.follow.texture(x, self.dec.tick, self.held, self.grammar)
+        return sample_logits(x, c.top_k, c.top_p, self.rng, c.min_p)
+
+    def feed(self, token: int) -> list[Event]:
+        """Take `token` as sampled: checked by the guard, then grammar, clock and holds."""
+        v = self.vocab
+        self.guard.check(token)
+        self.grammar.update(token)
+        if v.kind[token] == NOTE:
+            key = (int(v.family[token]), int(v.pitch[token]))
+            if v.vbin[token] > 0:
+                self.onsets.append(self.dec.time)
+                if v.has_note_off(key[0]):
+                    self.held[key] = self.dec.tick
+            else:
+                self.held.pop(key, None)
+        return self.dec.feed(token)
