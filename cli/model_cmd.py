@@ -216,14 +216,11 @@ def generate(prompt, bars, style, strengths, temperature, top_k, top_p, key, den
     controls = SamplingControls(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, strengths=parsed,
                                 key=key, density=density)
     piece = read_midi(prompt) if prompt else Piece()
-    from musebridge.engine.backends import available_backends, open_runtime
+    from musebridge.engine.backends import open_runtime
     from musebridge.engine.generate import generate as run_generate
 
-    if critic and "torch" not in available_backends():
-        raise MuseBridgeError("ranking with --critic needs PyTorch: pip install torch==2.13.0")
     critic_dir = Path(critic) if critic else folder / "critic"
-    # the critic is a PyTorch classifier: without torch, the folder's own critic is skipped quietly
-    ranking = variations > 1 and (critic or ((critic_dir / "classifier.json").exists() and "torch" in available_backends()))
+    ranking = variations > 1 and (critic or (critic_dir / "classifier.json").exists())  # on ONNX Runtime: no torch needed
     if critic or ranking:  # checked before generating, not after minutes of it
         _check_critic(critic_dir, vocab)
     runtime = open_runtime(folder, backend)
@@ -231,7 +228,7 @@ def generate(prompt, bars, style, strengths, temperature, top_k, top_p, key, den
     results = run_generate(runtime, piece, bars, controls, style, variations)
     scores = [None] * len(results)
     if ranking:
-        from musebridge.engine.critic import rank_continuations
+        from musebridge.engine.critic_score import rank_continuations
 
         scores = rank_continuations(critic_dir, piece, [r.tokens for r in results], vocab, style)
         order = sorted(range(len(results)), key=lambda i: -scores[i])
@@ -256,16 +253,16 @@ def generate(prompt, bars, style, strengths, temperature, top_k, top_p, key, den
 
 
 def _check_critic(folder: Path, vocab) -> None:
-    """A critic folder that exists, loads, and reads this model's tokens -- or one line saying which not."""
-    from musebridge.engine.critic import load_classifier
+    """A critic folder that exists, loads (its graph built and opened), and reads this model's tokens --
+    or one line saying which not."""
+    from musebridge.engine.critic_score import open_critic
 
     if not folder.is_dir():
         raise MuseBridgeError(f"critic folder {folder} not found; pass a folder written by musebridge train --arch critic")
     if not (folder / "classifier.json").is_file():
         raise MuseBridgeError(f"{folder} is not a critic (it has no classifier.json); pass a folder written by "
                               "musebridge train --arch critic")
-    _, cvocab, _ = load_classifier(folder)
-    if cvocab != vocab:
+    if open_critic(folder).vocab != vocab:
         raise MuseBridgeError(f"critic {folder} uses another vocabulary than the model; pass the critic trained for it")
 
 

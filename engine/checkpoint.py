@@ -235,10 +235,19 @@ def read_weights(folder: str | Path, cfg: dict | None = None) -> dict[str, np.nd
             if tuple(got.shape) != shape or got.dtype not in (np.float16, np.float32):
                 raise ModelFileError(f"{path} does not match {folder / 'config.json'} ({key}: {got.dtype} "
                                      f"{tuple(got.shape)}, expected {shape}); re-copy or retrain the model")
+    bad = damaged_tensor(weights)
+    if bad:
+        raise ModelFileError(f"{path} is damaged: {bad}; re-copy or retrain the model")
+    return weights
+
+
+def damaged_tensor(weights: dict[str, np.ndarray]) -> str | None:
+    """"tensor K holds NaN" (infinity, a huge value) for the first damaged tensor, else None: the
+    value rule every weights reader applies (models here, classifiers in critic_score.py)."""
     for key, w in weights.items():
         if w.dtype.kind == "f" and w.size and not float(np.max(np.abs(w))) < WEIGHT_LIMIT:
-            raise ModelFileError(f"{path} is damaged: tensor {key} holds {_worst(w)}; re-copy or retrain the model")
-    return weights
+            return f"tensor {key} holds {_worst(w)}"
+    return None
 
 
 def _worst(w: np.ndarray) -> str:

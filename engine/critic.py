@@ -8,6 +8,10 @@
 
 Both read windows with the style token hidden (the prefix would give the answer away)
 and pool the trunk's hidden states over the window. Saved as safetensors + JSON.
+
+This module is the PyTorch side (training, evaluation). The torch-free side -- the
+inputs (`prepare`), reading a classifier folder, scoring on ONNX Runtime and ranking
+variations -- is `critic_score.py`; both feed the same `prepare` and hold the same checks.
 """
 
 from __future__ import annotations
@@ -23,11 +27,11 @@ import torch.nn.functional as F
 
 from musebridge.errors import MuseBridgeError
 
-from .features import UNKNOWN, features
+from .critic_score import (BATCH, CLASSIFIER_FORMAT, TRUNK, unusable_classifier, crop_length, prepare, read_classifier,
+                           real_scores)
 from .model import ModelConfig, MuseModel
-from .vocab import STYLE, Vocabulary
+from .vocab import Vocabulary
 
-CLASSIFIER_FORMAT = "musebridge-classifier"
 CLASSIFIER_SIZE = dict(n_layer=2, n_head=4, d_model=128, window=64, context=512)
 
 
@@ -45,16 +49,9 @@ class SequenceClassifier(nn.Module):
         return self.out((h * m).sum(1) / m.sum(1).clamp(min=1.0))
 
 
-def prepare(windows: list[np.ndarray], vocab: Vocabulary, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad/crop windows to `length`, hide style tokens, compute feature rows."""
-    toks = np.full((len(windows), length), vocab.pad, np.int64)
-    feats = np.zeros((len(windows), length, 5), np.int64)
-    for r, w in enumerate(windows):
-        w = np.asarray(w[:length], np.int64).copy()
-        w[vocab.kind[w] == STYLE] = vocab.style(None)
-        toks[r, : len(w)] = w
-        feats[r, : len(w)] = features(w, vocab)
-    feats[..., 3:] = UNKNOWN
+def _inputs(windows: list[np.ndarray], vocab: Vocabulary, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`critic_score.prepare` as tensors."""
+    toks, feats = prepare(windows, vocab, length)
     return torch.from_numpy(toks), torch.from_numpy(feats)
 
 
@@ -64,7 +61,7 @@ def fit_classifier(windows: list[np.ndarray], labels: list[int], classes: list[s
     tpb = vocab.config.ticks_per_beat if vocab.config.time_mode == "beats" else 50
     cfg = ModelConfig(vocab_size=len(vocab), ticks_per_beat=tpb, **{**CLASSIFIER_SIZE, "context": max(length, 64)})
     model = SequenceClassifier(cfg, classes)
-    toks, feats = prepare(windows, vocab, length)
+    toks, feats = _inputs(windows, vocab, length)
     y = torch.tensor(labels)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     rng = np.random.default_rng(seed)
@@ -86,9 +83,9 @@ def fit_classifier(windows: list[np.ndarray], labels: list[int], classes: list[s
 @torch.inference_mode()
 def predict(model: SequenceClassifier, windows: list[np.ndarray], vocab: Vocabulary, length: int | None = None) -> np.ndarray:
     """Class probabilities [N, C] (windows cropped to the classifier's context)."""
-    length = min(length or model.cfg.context, model.cfg.context)
-    toks, feats = prepare(windows, vocab, length)
-    out = [F.softmax(model(toks[i : i + 32], feats[i : i + 32], vocab.pad), -1) for i in range(0, len(toks), 32)]
+    length = crop_length(length, model.cfg.context)
+    toks, feats = _inputs(windows, vocab, length)
+    out = [F.softmax(model(toks[i : i + BATCH], feats[i : i + BATCH], vocab.pad), -1) for i in range(0, len(toks), BATCH)]
     return torch.cat(out).numpy()
 
 
@@ -104,7 +101,7 @@ def save_classifier(folder: str | Path, model: SequenceClassifier, vocab: Vocabu
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "trunk.head.weight"}
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != TRUNK + "head.weight"}
     if half:  # fp16 on disk (the shipped critic), fp32 in memory
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     save_file(state, str(folder / "classifier.safetensors"))
@@ -114,21 +111,17 @@ def save_classifier(folder: str | Path, model: SequenceClassifier, vocab: Vocabu
 
 
 def load_classifier(folder: str | Path) -> tuple[SequenceClassifier, Vocabulary, dict]:
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
+    """(classifier, vocab, info) of a folder, checked by `critic_score.read_classifier` (the ONNX
+    path's reader: one rule for both) before anything is built; fp16 on disk, fp32 in memory."""
+    spec = read_classifier(folder)
+    model = SequenceClassifier(ModelConfig(**spec.section), spec.classes)
+    state = {k: torch.from_numpy(v.astype(np.float32)) for k, v in spec.weights.items()}
+    state[TRUNK + "head.weight"] = state[TRUNK + "tok.weight"]
     try:
-        cfg = json.loads((folder / "classifier.json").read_text())
-        if cfg.get("format") != CLASSIFIER_FORMAT:
-            raise ValueError("not a classifier")
-        vocab = Vocabulary.load(folder / "vocab.json")
-        model = SequenceClassifier(ModelConfig(**cfg["model"]), cfg["classes"])
-        state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(folder / "classifier.safetensors")).items()}
-        state["trunk.head.weight"] = state["trunk.tok.weight"]
         model.load_state_dict(state)
-    except Exception as e:  # any damage: one clear line
-        raise MuseBridgeError(f"classifier folder {folder} is unusable ({str(e).splitlines()[0][:120]}); retrain it") from None
-    return model.eval(), vocab, cfg.get("info", {})
+    except RuntimeError as e:
+        raise unusable_classifier(spec.folder, str(e).splitlines()[0][:120]) from None
+    return model.eval(), spec.vocab, spec.info
 
 
 def real_windows(shards, split: str, n: int, length: int, rng: np.random.Generator) -> tuple[list[np.ndarray], list[str]]:
@@ -223,8 +216,7 @@ def train_style(data: str | Path, out: str | Path, steps: int = 600, length: int
 
 def rank_by_critic(critic: SequenceClassifier, vocab: Vocabulary, windows: list[np.ndarray], length: int | None = None) -> np.ndarray:
     """P(real) per window (its last `length` tokens): higher is better."""
-    length = min(length or critic.cfg.context, critic.cfg.context)
-    return predict(critic, [np.asarray(w)[-length:] for w in windows], vocab, length)[:, critic.classes.index("real")]
+    return real_scores(lambda w, n: predict(critic, w, vocab, n), critic.classes, critic.cfg.context, windows, length)
 
 
 def style_scores(classifier_dir: str | Path, model_dir: str | Path | None, data: str | Path, split: str = "val",
@@ -246,16 +238,3 @@ def style_scores(classifier_dir: str | Path, model_dir: str | Path | None, data:
     gen = generated_windows(TorchRuntime(model, vocab), shards, split, samples, length, prompt_len, rng)
     return {"generated": inception_score(predict(clf, gen, vocab, length)),
             "real": inception_score(predict(clf, real, vocab, length)), "samples": samples, "classes": len(clf.classes)}
-
-
-def rank_continuations(critic_dir: str | Path, prompt, continuations: list[list[int]], vocab: Vocabulary,
-                       style: str | None = None) -> list[float]:
-    """The critic's P(real) for each continuation (its tokens) of `prompt`: higher is better.
-    What `generate --variations` and the app's variations rank by."""
-    from .generate import prompt_tokens
-
-    critic, cvocab, _ = load_classifier(critic_dir)
-    if cvocab != vocab:
-        raise MuseBridgeError(f"critic {critic_dir} uses another vocabulary than the model")
-    head = prompt_tokens(prompt, vocab, style, prompt.families)
-    return [float(s) for s in rank_by_critic(critic, vocab, [head + list(t) for t in continuations])]

@@ -104,9 +104,10 @@ class GenerateJob(QObject):
                 critic = critic_folder(self.model)
                 if critic is not None and len(out) > 1:
                     self._emit("progress", len(out), n, "ranking with the critic")
-                    from musebridge.engine.critic import rank_continuations
+                    from musebridge.engine.critic_score import rank_continuations  # ONNX Runtime: no torch
 
-                    scores = rank_continuations(critic, prompt, [c._tokens for c in out], self._runtime.vocab, style)
+                    scores = rank_continuations(critic, prompt, [c._tokens for c in out], self._runtime.vocab, style,
+                                                threads=1)  # beside a live jam, as the runtime
                     for c, s in zip(out, scores):
                         c.critic = float(s)
                     out.sort(key=lambda c: -c.critic)

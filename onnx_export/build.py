@@ -92,18 +92,24 @@ def read_weights(folder: str | Path | None) -> tuple[GraphConfig, dict[str, np.n
     return cfg, checked_weights(folder)
 
 
+def files_hash(folder: Path, names: tuple[str, ...], salt: str) -> str:
+    """sha256 of `salt` and the files `names` in `folder`, shortened: a cache key (OSError names the
+    file that cannot be read). Every graph cache here is keyed by one."""
+    h = hashlib.sha256(salt.encode())
+    for name in names:
+        with open(folder / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:20]
+
+
 def model_hash(folder: str | Path | None) -> str:
     """Hash of weights + config + builder version: the cache key of a model's graphs."""
     folder = model_folder(folder)
-    h = hashlib.sha256(f"musebridge-onnx {BUILDER_VERSION}\n".encode())
-    for name in ("config.json", "model.safetensors"):
-        try:
-            with open(folder / name, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-        except OSError as e:
-            raise _model_error(f"{folder / name} is unreadable ({e.strerror or e}); re-copy or retrain the model") from None
-    return h.hexdigest()[:20]
+    try:
+        return files_hash(folder, ("config.json", "model.safetensors"), f"musebridge-onnx {BUILDER_VERSION}\n")
+    except OSError as e:
+        raise _model_error(f"{e.filename} is unreadable ({e.strerror or e}); re-copy or retrain the model") from None
 
 
 def cache_root() -> Path:

@@ -141,6 +141,15 @@ class _Builder:
     def w(self, key: str) -> np.ndarray:
         return self.weights[key]
 
+    def model(self, name: str, inputs: list[tuple], outputs: list[tuple], opset: int = OPSET):
+        """The onnx.ModelProto of the nodes made so far; inputs/outputs as (name, element type, dims)."""
+        vi = self.h.make_tensor_value_info
+        graph = self.h.make_graph(self.nodes, name, inputs=[vi(*i) for i in inputs], outputs=[vi(*o) for o in outputs],
+                                  initializer=self.inits)
+        model = self.h.make_model(graph, opset_imports=[self.h.make_opsetid("", opset)], producer_name="musebridge")
+        model.ir_version = 10
+        return model
+
 
 # --- pieces both graphs share ------------------------------------------------------------------
 def _embed(g: _Builder, cfg: GraphConfig) -> tuple[str, str]:
@@ -168,26 +177,44 @@ def _rope(g: _Builder, cfg: GraphConfig, pos: str) -> tuple[str, str]:
             g.op("Gather", g.const("rope_sin", sin3[:, :, None].astype(g.fdt)), pos))
 
 
+def _layer_norm(g: _Builder, x: str, key: str) -> str:
+    """LayerNorm with the weights `key`.weight/.bias (ln1, ln2 of a block; ln_f)."""
+    return g.op("LayerNormalization", x, g.weight(key + ".w", g.w(key + ".weight")), g.weight(key + ".b", g.w(key + ".bias")),
+                axis=-1, epsilon=1e-5)
+
+
 def _qkv(g: _Builder, cfg: GraphConfig, x: str, p: str, cos: str, sin: str, shape: str) -> str:
     """ln1 -> qkv projection reshaped to `shape` (..., 3, H, 2, D/2) -> rotary."""
-    h = g.op("LayerNormalization", x, g.weight(p + "ln1.w", g.w(p + "ln1.weight")), g.weight(p + "ln1.b", g.w(p + "ln1.bias")),
-             axis=-1, epsilon=1e-5)
-    qkv = g.op("Reshape", g.op("MatMul", h, g.weight(p + "qkv", g.w(p + "attn.qkv.weight").T)), shape)
+    qkv = g.op("Reshape", g.op("MatMul", _layer_norm(g, x, p + "ln1"), g.weight(p + "qkv", g.w(p + "attn.qkv.weight").T)),
+               shape)
     swapped = g.op("Gather", qkv, g.i64("swap", [1, 0]), axis=-2)
     return g.op("Add", g.op("Mul", qkv, cos), g.op("Mul", swapped, sin))
 
 
 def _mlp(g: _Builder, x: str, p: str) -> str:
-    h = g.op("LayerNormalization", x, g.weight(p + "ln2.w", g.w(p + "ln2.weight")), g.weight(p + "ln2.b", g.w(p + "ln2.bias")),
-             axis=-1, epsilon=1e-5)
-    h = g.op("Gelu", g.op("MatMul", h, g.weight(p + "fc", g.w(p + "mlp.fc.weight").T)), approximate="tanh")
+    h = g.op("Gelu", g.op("MatMul", _layer_norm(g, x, p + "ln2"), g.weight(p + "fc", g.w(p + "mlp.fc.weight").T)),
+             approximate="tanh")
     return g.op("Add", x, g.op("MatMul", h, g.weight(p + "mlp_proj", g.w(p + "mlp.proj.weight").T)))
 
 
+def _qkv_heads(g: _Builder, cfg: GraphConfig, x: str, p: str, cos: str, sin: str) -> list[str]:
+    """q, k, v [B,1,H,n,D] of n tokens x [B,n,d] (rope rows cos/sin [n,3,1,2,D/2]): the chunk
+    graph's and the classifier's layout."""
+    H, D = cfg.n_head, cfg.head_dim
+    qkv = _qkv(g, cfg, x, p, cos, sin, g.i64("qkv_chunk", [0, 0, 3, H, 2, D // 2]))
+    qkv = g.op("Transpose", g.op("Reshape", qkv, g.i64("bn3hd", [0, 0, 3, H, D])), perm=[0, 2, 3, 1, 4])  # [B,3,H,n,D]
+    return g.op("Split", qkv, axis=1, num_outputs=3, outs=3)
+
+
+def _merge_heads(g: _Builder, cfg: GraphConfig, x: str, y: str, p: str) -> str:
+    """x + proj(y): the heads' outputs y [B,1,H,n,D] back to [B,n,d], projected, added to the residual."""
+    y = g.op("Transpose", y, perm=[0, 3, 1, 2, 4])  # [B,n,1,H,D]
+    y = g.op("MatMul", g.op("Reshape", y, g.i64("bnd", [0, 0, cfg.d_model])), g.weight(p + "proj", g.w(p + "attn.proj.weight").T))
+    return g.op("Add", x, y)
+
+
 def _head(g: _Builder, cfg: GraphConfig, x: str, tok_t: str) -> None:
-    x = g.op("LayerNormalization", x, g.weight("ln_f.w", g.w("ln_f.weight")), g.weight("ln_f.b", g.w("ln_f.bias")),
-             axis=-1, epsilon=1e-5)
-    logits = g.op("MatMul", g.op("Reshape", x, g.i64("bd", [-1, cfg.d_model])), tok_t)  # [B,V]
+    logits = g.op("MatMul", g.op("Reshape", _layer_norm(g, x, "ln_f"), g.i64("bd", [-1, cfg.d_model])), tok_t)  # [B,V]
     if g.fdt != np.float32:
         logits = g.op("Cast", logits, to=g.tp.FLOAT)
     g.op("Identity", logits, name="logits")
@@ -220,17 +247,10 @@ def _scatter(g: _Builder, cfg: GraphConfig, kvs: list[str], b_idx: str, pos_col:
 def _finish(g: _Builder, cfg: GraphConfig, kind: str, opset: int = OPSET):
     cache_dims = [cfg.n_layer, 2, "batch", cfg.n_head, cfg.context, cfg.head_dim]
     n = 1 if kind == "step" else "n"
-    vi = g.h.make_tensor_value_info
-    graph = g.h.make_graph(
-        g.nodes, f"musebridge_{kind}",
-        inputs=[vi("tokens", g.tp.INT64, ["batch", n]), vi("feats", g.tp.INT64, ["batch", n, 5]),
-                vi("start", g.tp.INT64, []), vi("cache", g.tdt, cache_dims)],
-        outputs=[vi("logits", g.tp.FLOAT, ["batch", cfg.vocab_size]), vi("cache_out", g.tdt, cache_dims)],
-        initializer=g.inits,
-    )
-    model = g.h.make_model(graph, opset_imports=[g.h.make_opsetid("", opset)], producer_name="musebridge")
-    model.ir_version = 10
-    return model
+    inputs = [("tokens", g.tp.INT64, ["batch", n]), ("feats", g.tp.INT64, ["batch", n, 5]), ("start", g.tp.INT64, []),
+              ("cache", g.tdt, cache_dims)]
+    outputs = [("logits", g.tp.FLOAT, ["batch", cfg.vocab_size]), ("cache_out", g.tdt, cache_dims)]
+    return g.model(f"musebridge_{kind}", inputs, outputs, opset)
 
 
 # --- the step graph: one new token per row --------------------------------------------------------
@@ -330,8 +350,8 @@ def _step_fused(g: _Builder, cfg: GraphConfig):
 
 # --- the chunk graph: n >= 1 new tokens per row ---------------------------------------------------
 def _chunk(g: _Builder, cfg: GraphConfig):
-    L, H, hl, d, D, C, W, S = (cfg.n_layer, cfg.n_head, cfg.local_heads, cfg.d_model, cfg.head_dim, cfg.context,
-                               cfg.window, cfg.strided_rows)
+    L, H, hl, D, C, W, S = (cfg.n_layer, cfg.n_head, cfg.local_heads, cfg.head_dim, cfg.context, cfg.window,
+                            cfg.strided_rows)
     hs = H - hl
     shp = g.op("Shape", "tokens")
     b1 = g.op("Slice", shp, g.i64("c0", [0]), g.i64("c1", [1]))
@@ -369,9 +389,7 @@ def _chunk(g: _Builder, cfg: GraphConfig):
     kvs = []
     for l in range(L):
         p = f"blocks.{l}."
-        qkv = _qkv(g, cfg, x, p, cos, sin, g.i64("qkv_chunk", [0, 0, 3, H, 2, D // 2]))
-        qkv = g.op("Transpose", g.op("Reshape", qkv, g.i64("bn3hd", [0, 0, 3, H, D])), perm=[0, 2, 3, 1, 4])  # [B,3,H,n,D]
-        q, k, v = g.op("Split", qkv, axis=1, num_outputs=3, outs=3)  # [B,1,H,n,D]
+        q, k, v = _qkv_heads(g, cfg, x, p, cos, sin)
         kvs += [k, v]
         (q_l, q_s), (k_l, k_s), (v_l, v_s) = (g.op("Split", t, heads, axis=2, outs=2) for t in (q, k, v))
         keys = g.op("Concat", old_l[2 * l], k_l, axis=3)  # [B,1,hl,W-1+n,D]
@@ -386,9 +404,7 @@ def _chunk(g: _Builder, cfg: GraphConfig):
         y_new = g.op("MatMul", p_new, g.op("Unsqueeze", v_s, g.i64("ax3", [3])))  # [B,1,hs,n,1,D]
         y_s = g.op("Add", g.op("MatMul", p_old, old_s[2 * l + 1]), y_new)
         y_s = g.op("Reshape", y_s, g.i64("b1hnd", [0, 1, hs, -1, D]))  # [B,1,hs,n,D]
-        y = g.op("Transpose", g.op("Concat", y_l, y_s, axis=2), perm=[0, 3, 1, 2, 4])  # [B,n,1,H,D]
-        y = g.op("MatMul", g.op("Reshape", y, g.i64("bnd", [0, 0, d])), g.weight(p + "proj", g.w(p + "attn.proj.weight").T))
-        x = g.op("Add", x, y)
+        x = _merge_heads(g, cfg, x, g.op("Concat", y_l, y_s, axis=2), p)
         if l == L - 1:  # only the last position feeds the logits
             x = g.op("Slice", x, g.i64("last", [-1]), g.i64("end", [np.iinfo(np.int64).max]), "c1")
         x = _mlp(g, x, p)
