@@ -26,6 +26,7 @@ from .vocab import NOTE, WAIT, Vocabulary
 
 FOLLOW_WINDOW_BARS = 4  # what "the player's key and groove" means: their last 4 bars
 FOLLOW_HALF_NATS = 2.0  # a follow control at 0.5 shifts a logit by this much
+PROFILE_WEIGHT = 0.5  # the pitch-class profile's pull, as a share of the key's
 KEY_PLAYED_SHARE = 0.05  # a pitch class the player gives this share of their notes' time is in their key
 NEG = -1e9
 
@@ -53,6 +54,8 @@ class Heard:
     hold: dict[str, float] = field(default_factory=dict)  # family -> longest sensible hold, beats
     default_hold: float = 4.0
     voices: dict[str, int] = field(default_factory=dict)  # family -> most notes at once
+    pcp: np.ndarray | None = None  # their pitch-class profile (time share per pitch class)
+    density: float | None = None  # their note-ons per beat
 
     def hold_limit(self, family: str) -> float:
         return self.hold.get(family, self.default_hold)
@@ -121,12 +124,15 @@ class PlayerProfile:
         if pcp.any():
             key = estimate_key(notes)
             key_pcs = frozenset(key.scale) | frozenset(int(pc) for pc in np.nonzero(pcp >= KEY_PLAYED_SHARE)[0])
+        span = max(now - max(now - self.window, min(n.start for n in notes)), 1.0)
+        density = sum(n.start >= now - self.window for n in notes) / span
         by_family: dict[str, list[Note]] = {}
         for n in notes:
             by_family.setdefault(n.family, []).append(n)
         hold = {f: _hold_limit([n.duration for n in ns], bar) for f, ns in by_family.items()}
         voices = {f: max(1, _most_at_once(ns)) for f, ns in by_family.items()}
-        return Heard(key_pcs, estimate_grid(notes), hold, _hold_limit([n.duration for n in notes], bar), voices)
+        return Heard(key_pcs, estimate_grid(notes), hold, _hold_limit([n.duration for n in notes], bar), voices,
+                     pcp if pcp.any() else None, density)
 
 
 def _hold_limit(lengths: list[float], bar: float) -> float:
@@ -159,6 +165,11 @@ class FollowBias:
             pitched = on & ~drums[np.maximum(v.family, 0)]
             outside = pitched & ~np.isin(v.pitch % 12, sorted(heard.key_pcs))
             self.static[outside] = max(-follow_nats(key), NEG)
+            if heard.pcp is not None and key < 1:  # within the key: their pitch classes as often as they use them
+                share = 0.5 * heard.pcp + 0.5 / 12
+                pc_bias = PROFILE_WEIGHT * follow_nats(key) * np.log(share / share.max())
+                inside = pitched & ~outside
+                self.static[inside] += pc_bias[v.pitch[inside] % 12]
         # groove: note-ons at a tick of the beat off the player's grid
         self.off_grid: np.ndarray | None = None
         self.groove_nats = follow_nats(groove)
@@ -167,7 +178,10 @@ class FollowBias:
         self.tpb = tpb
         self.texture_nats = follow_nats(texture)
         self.on_mask = on
-        self.wait_mask = v.kind == WAIT
+        self.wait_ids = np.nonzero(v.kind == WAIT)[0]
+        self.wait_ticks = v.value[self.wait_ids].astype(np.int64)
+        self.target_density = heard.density if heard is not None and texture > 0 else None
+        self.density_weight = min(texture, 1.0)
         # per family: its note ids [lo, hi) (contiguous), its hold limit (ticks) and voices
         per = v.config.ticks_per_beat if v.config.time_mode == "beats" else 1000.0 / v.config.wait_ms
         self.fam_range: list[tuple[int, int]] = []
@@ -198,10 +212,12 @@ class FollowBias:
         strict = math.isinf(self.texture_nats)
         counts: dict[int, int] = {}
         overdue: list[int] = []
+        deadline = math.inf
         for (fi, pitch), onset in held.items():
             counts[fi] = counts.get(fi, 0) + 1
             limit = self.hold_ticks[fi]
-            over = (tick - onset - limit) / max(limit, 1.0)
+            deadline = min(deadline, onset + limit)
+            over = (tick + 1 - onset - limit) / max(limit, 1.0)  # due once the shortest rest would pass it
             if over >= 0:
                 off = self.vocab.note(fi, pitch, 0)
                 if strict:
@@ -213,6 +229,9 @@ class FollowBias:
             x[:] = NEG
             x[overdue] = np.maximum(keep, 0.0)
             return x
+        if deadline - tick < self.wait_ticks.max():  # a rest past a held note's deadline: release it first
+            crossing = self.wait_ids[self.wait_ticks > max(deadline - tick, 0)]
+            x[crossing] += NEG if strict else -self.texture_nats
         for fi, n in counts.items():
             excess = n - self.voices[fi] + 1
             if excess > 0:

@@ -15,7 +15,7 @@ import numpy as np
 
 from .events import Event
 from .follow import FollowBias, Heard
-from .sampling import Grammar, LogitShaper, OutputGuard, sample_logits
+from .sampling import Grammar, LogitShaper, OutputGuard, density_shift, sample_logits
 from .tokenizer import StreamDecoder
 from .vocab import NOTE, Vocabulary
 
@@ -61,6 +61,8 @@ class RowDecoder:
         self.onsets = [t for t in self.onsets if t > now - self.window]
         elapsed = now - self.start_time
         rate = len(self.onsets) / self.window if elapsed >= self.window else None
+        if self.shaper.controls.density is None and self.follow.target_density is not None:  # the player's own
+            return self.follow.density_weight * density_shift(self.follow.target_density, rate)
         return self.shaper.density_bias(rate)
 
     def sample(self, logits: np.ndarray, extra: np.ndarray | None = None) -> int:

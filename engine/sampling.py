@@ -205,7 +205,8 @@ def parse_strengths(text: str, vocab: Vocabulary) -> dict[str, float]:
 
 class Grammar:
     """Which tokens are legal next: no note-off for a silent key, no note-on for a sounding
-    one, no prefix tokens in the body, no `end` while anything sounds."""
+    one, no pedal change to the state the pedal is already in, no prefix tokens in the
+    body, no `end` while anything sounds."""
 
     def __init__(self, vocab: Vocabulary):
         self.vocab = vocab
@@ -235,6 +236,13 @@ class Grammar:
         self.base[never] = NEG
         self.base[v.end] = 0.0
         self.base[self.is_off] = NEG  # opened per sounding key
+        # a pedal's other state: a change to the state it is in says nothing (and, pushed by
+        # the follow biases, a model once repeated one until the output guard stopped it)
+        self.pedal_other = np.full(len(v), -1, np.int64)
+        for fi in v.pedal_family:
+            up, down = v.pedal(fi, False), v.pedal(fi, True)
+            self.pedal_other[up], self.pedal_other[down] = down, up
+            self.base[up] = NEG  # every pedal starts up
         self.reset()
 
     def reset(self) -> None:
@@ -250,7 +258,12 @@ class Grammar:
 
     def update(self, token: int) -> None:
         k = self.key_of[token]
-        if k < 0 or self.off_id[k] < 0:
+        if k < 0:
+            other = self.pedal_other[token]
+            if other >= 0:
+                self.mask[token], self.mask[other] = NEG, 0.0
+            return
+        if self.off_id[k] < 0:
             return
         if self.is_on[token]:
             self.sounding.add(int(k))
@@ -349,10 +362,7 @@ class LogitShaper:
 
     def density_bias(self, recent_notes_per_beat: float | None) -> float:
         """Extra logit on all note-ons pushing towards the density target (log ratio)."""
-        target = self.controls.density
-        if target is None or recent_notes_per_beat is None:
-            return 0.0
-        return float(np.clip(math.log((target + 0.25) / (recent_notes_per_beat + 0.25)), -3.0, 3.0))
+        return density_shift(self.controls.density, recent_notes_per_beat)
 
     def sample(self, logits: np.ndarray, grammar: Grammar, note_bias: float = 0.0, rng=None) -> int:
         """One token id from logits [V] under controls, grammar and density bias."""
@@ -361,6 +371,13 @@ class LogitShaper:
         if note_bias:
             x = x + note_bias * self.on_mask
         return sample_logits(x, c.top_k, c.top_p, rng if rng is not None else self.rng, c.min_p)
+
+
+def density_shift(target: float | None, rate: float | None) -> float:
+    """The logit on every note-on that moves a note rate towards `target` (log ratio, +-3)."""
+    if target is None or rate is None:
+        return 0.0
+    return float(np.clip(math.log((target + 0.25) / (rate + 0.25)), -3.0, 3.0))
 
 
 def sample_logits(x: np.ndarray, top_k: int, top_p: float, rng: np.random.Generator, min_p: float = 0.0) -> int:

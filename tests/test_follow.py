@@ -1,0 +1,162 @@
+"""Following the player: what is heard in a phrase, and decoding that keeps to it (a small
+random model, so whatever it keeps to, the controls made it keep to)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from musebridge.engine.events import Note, NoteOff, NoteOn, Piece
+from musebridge.engine.follow import FollowBias, PlayerProfile, follow_nats
+from musebridge.engine.vocab import NOTE, Vocabulary
+
+C_MAJOR = {0, 2, 4, 5, 7, 9, 11}
+
+
+def scale_phrase(bars: int = 4) -> Piece:
+    """C major up and down in 8ths on piano, a chord at each bar (4 voices)."""
+    steps = [60, 62, 64, 65, 67, 69, 71, 72]
+    notes = [Note(i * 0.5, 0.5, (steps + steps[::-1])[i % 16], 90, "piano") for i in range(bars * 8)]
+    notes += [Note(b * 4.0, 1.0, p, 80, "piano") for b in range(bars) for p in (48, 52, 55)]
+    return Piece(notes=notes).sorted()
+
+
+def swung_line() -> Piece:
+    return Piece(notes=[Note(b + off, 0.3, 60 + (i % 3) * 2, 90, "reed")
+                        for i, b in enumerate(range(16)) for off in (0.0, 2 / 3)]).sorted()
+
+
+def test_a_c_major_phrase_is_heard_in_c_major_on_a_straight_grid_with_its_voices():
+    heard = PlayerProfile.of_piece(scale_phrase()).heard(16.0)
+    assert heard.key_pcs == C_MAJOR
+    assert heard.grid is not None and heard.grid.name == "16ths"
+    assert heard.voices["piano"] == 4  # the melody note over a triad
+    assert 1.0 <= heard.hold_limit("piano") <= 4.0
+    assert heard.density == pytest.approx(len(scale_phrase().notes) / 16.0)
+
+
+def test_a_swung_line_is_heard_on_its_own_grid():
+    heard = PlayerProfile.of_piece(swung_line()).heard(16.0)
+    assert heard.grid.name.startswith("swung 8ths")
+    fb = FollowBias(Vocabulary(), heard, 0.0, 0.5, 0.0)
+    assert fb.note_on_shift(8) == 0.0  # the swung off-beat: tick 8 of 12
+    assert fb.note_on_shift(6) == pytest.approx(-follow_nats(0.5))  # the straight 8th is off this grid
+
+
+def test_notes_heard_as_played_equal_the_whole_prompt():
+    """The jam hears events one at a time; `generate` reads a whole prompt: the same."""
+    piece = scale_phrase()
+    live = PlayerProfile()
+    for ev in piece.events():
+        live.observe(ev)
+    a, b = live.heard(16.0), PlayerProfile.of_piece(piece).heard(16.0)
+    assert (a.key_pcs, a.grid, a.hold, a.voices, a.density) == (b.key_pcs, b.grid, b.hold, b.voices, b.density)
+    np.testing.assert_allclose(a.pcp, b.pcp)
+
+
+def test_only_the_last_bars_count_and_a_held_note_counts_up_to_now():
+    prof = PlayerProfile()
+    for i in range(16):  # 4 bars of F# major, long ago
+        prof.observe(NoteOn(i, "piano", 66 + (0, 2, 4, 5)[i % 4], 90))
+        prof.observe(NoteOff(i + 0.9, "piano", 66 + (0, 2, 4, 5)[i % 4]))
+    for i, p in enumerate([60, 64, 67, 72] * 4):  # then 4 bars on C major's triad
+        prof.observe(NoteOn(100 + i, "piano", p, 90))
+        prof.observe(NoteOff(100 + i + 0.9, "piano", p))
+    prof.observe(NoteOn(116, "piano", 48, 90))  # still held
+    heard = prof.heard(120.0)
+    assert {0, 4, 7} <= heard.key_pcs and 6 not in heard.key_pcs
+    assert max(n.end for n in prof.recent(120.0)) == pytest.approx(120.0)
+
+
+def test_follow_strength_goes_from_off_to_strict():
+    assert follow_nats(0.0) == 0.0 and follow_nats(0.5) == pytest.approx(2.0)
+    assert follow_nats(0.25) < follow_nats(0.5) < follow_nats(0.9) < follow_nats(1.0) == float("inf")
+
+
+# --- decoding on a random model -------------------------------------------------------------
+torch = pytest.importorskip("torch")
+
+from musebridge.bridge.timeline import Timeline  # noqa: E402
+from musebridge.engine.generate import generate  # noqa: E402
+from musebridge.engine.model import ModelConfig, MuseModel  # noqa: E402
+from musebridge.engine.sampling import LogitShaper, SamplingControls  # noqa: E402
+from musebridge.engine.torch_runtime import TorchRuntime  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def rt():
+    vocab = Vocabulary()
+    torch.manual_seed(0)
+    model = MuseModel(ModelConfig(vocab_size=len(vocab), n_layer=1, n_head=2, d_model=32, window=16, context=2048))
+    with torch.no_grad():  # lean towards notes so the tests see plenty of them
+        model.tok.weight[vocab.note_token_mask(offs=False)] += 0.05
+    return TorchRuntime(model, vocab)
+
+
+def _ons(rt, tokens):
+    v = rt.vocab
+    return [t for t in tokens if v.kind[t] == NOTE and v.vbin[t] > 0 and not v.families[v.family[t]].is_drums]
+
+
+def _out_of_key(rt, controls, steps=1000):
+    out = generate(rt, scale_phrase(), bars=64, controls=controls.with_(strengths={"drums": 0.0}), max_tokens=steps)[0]
+    assert len(out.tokens) >= steps
+    ons = _ons(rt, out.tokens)
+    assert len(ons) > 100
+    return sum(int(rt.vocab.pitch[t]) % 12 not in C_MAJOR for t in ons) / len(ons)
+
+
+def test_strict_key_plays_no_note_out_of_key_over_1000_steps_and_soft_fewer(rt):
+    free = _out_of_key(rt, SamplingControls(seed=2))
+    soft = _out_of_key(rt, SamplingControls(seed=2, follow_key=0.6))
+    strict = _out_of_key(rt, SamplingControls(seed=2, follow_key=1.0))
+    assert free > 0.2 and soft < free / 2 and strict == 0.0
+
+
+def test_strict_groove_puts_every_onset_on_the_players_grid(rt):
+    def off_grid(controls):
+        out = generate(rt, scale_phrase(), bars=8, controls=controls)[0]
+        ons = [n.start for n in out.piece.notes]
+        assert len(ons) > 50
+        return sum(abs(t * 4 - round(t * 4)) > 1e-6 for t in ons) / len(ons)
+
+    assert off_grid(SamplingControls(seed=4)) > 0.2
+    assert off_grid(SamplingControls(seed=4, follow_groove=1.0)) == 0.0
+
+
+def test_strict_texture_holds_no_note_past_the_players_limit_nor_more_voices(rt):
+    heard = PlayerProfile.of_piece(scale_phrase()).heard(16.0)
+
+    def worst(controls):
+        out = generate(rt, scale_phrase(), bars=8, controls=controls.with_(strengths={"piano": 1.0}))[0]
+        piano = [n for n in out.piece.notes if n.family == "piano"]
+        edges = sorted([(n.start, 1) for n in piano] + [(n.end, -1) for n in piano])
+        depth = most = 0
+        for _, step in edges:
+            depth += step
+            most = max(most, depth)
+        return max(n.duration for n in piano), most
+
+    longest, voices = worst(SamplingControls(seed=6))
+    assert longest > heard.hold_limit("piano") and voices > heard.voice_limit("piano")
+    longest, voices = worst(SamplingControls(seed=6, follow_texture=1.0))
+    assert longest <= heard.hold_limit("piano") + 1e-9 and voices <= heard.voice_limit("piano")
+
+
+def _key(ev, shift=0.0):
+    return (type(ev).__name__, round(ev.time + shift, 6), ev.family, getattr(ev, "pitch", None), getattr(ev, "velocity", None))
+
+
+@pytest.mark.parametrize("controls", [SamplingControls(seed=9), SamplingControls(seed=11, follow_key=0.7, follow_groove=0.7,
+                                                                                 follow_texture=0.7, min_p=0.02)])
+def test_live_and_offline_paths_play_the_same_answer(rt, controls):
+    """`generate` (offline) and the jam's Timeline (live) sample through one decode step: same
+    prompt, seed and controls, same notes at the same beats."""
+    prompt, start, bars = scale_phrase(2), 8.0, 2
+    offline = generate(rt, prompt, bars, controls, style="pop", prompt_end=start)[0]
+    tl = Timeline(rt, "pop", prompt.families, 4.0)
+    tl.add(list(prompt.events()))
+    live = tl.generate(start, start + bars * 4.0, LogitShaper(rt.vocab, controls), np.random.default_rng(controls.seed),
+                       first_note=False)
+    assert len(offline.events) > 10
+    assert sorted(_key(e, start) for e in offline.events) == sorted(_key(e) for e in live.events)
