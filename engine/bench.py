@@ -109,17 +109,23 @@ def run_backend(backend: str, model_dir: str | None, threads: int) -> list[dict]
     rows.append(_row(backend, "append_note_ms", mid, ms[4:]))
     # phrase end -> first continuation token ready: the prompt is already streamed in; what
     # remains is the rest up to the answer's bar line, then one sampled token
+    from .follow import PlayerProfile
+    from .row_decoder import RowDecoder
     from .sampling import Grammar, LogitShaper, SamplingControls
+    from .tokenizer import decode_tokens
 
-    shaper, grammar = LogitShaper(vocab, SamplingControls(top_p=0.95, seed=0)), Grammar(vocab)
+    # the default controls, following what the prompt played, through the one decode step
+    shaper, grammar = LogitShaper(vocab, SamplingControls(seed=0)), Grammar(vocab)
     for t in long[:mid]:
         grammar.update(t)
+    played = decode_tokens(long[:mid], vocab)
+    heard = PlayerProfile.of_piece(played).heard(played.end)
     ms = []
     for _ in range(40):
         m = rt.mark()
         t0 = time.perf_counter()
         logits = rt.append([vocab.wait(12)])
-        shaper.sample(logits[0], grammar)
+        RowDecoder(vocab, shaper, grammar.copy(), shaper.rng, heard).sample(logits[0])
         ms.append((time.perf_counter() - t0) * 1e3)
         rt.rewind(m)
     rows.append(_row(backend, "first_token_ms", mid, ms[4:]))
@@ -138,7 +144,12 @@ def _realtime(backend: str, rt, vocab, long: list[int]) -> dict:
     for t in long[:512]:
         g.update(t)
     t0 = time.perf_counter()
-    rows = continue_rows(rt, logits, LogitShaper(vocab, SamplingControls(top_p=0.95)), [g], 8.0, 400, [0])
+    from .follow import PlayerProfile
+    from .tokenizer import decode_tokens
+
+    played = decode_tokens(long[:512], vocab)
+    heard = PlayerProfile.of_piece(played).heard(played.end)
+    rows = continue_rows(rt, logits, LogitShaper(vocab, SamplingControls()), [g], 8.0, 400, [0], heard)
     wall = time.perf_counter() - t0
     from .tokenizer import StreamDecoder
 

@@ -82,14 +82,27 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / den) if den > 0 else 0.0
 
 
+def _key_profiles() -> np.ndarray:
+    """The 24 key profiles as rows (C major, C minor, C# major, ...), centred and unit length."""
+    rows = np.array([np.roll(prof, tonic) for tonic in range(12) for prof in (MAJOR_PROFILE, MINOR_PROFILE)])
+    rows = rows - rows.mean(1, keepdims=True)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+KEY_PROFILES = _key_profiles()
+
+
 def estimate_key(notes: list[Note]) -> Key | None:
-    """The likeliest of the 24 major/minor keys for these notes; None without pitched notes."""
+    """The likeliest of the 24 major/minor keys for these notes; None without pitched notes.
+    (All 24 correlations in one product: the jam estimates the key at every answer.)"""
     pcp = pitch_class_profile(notes)
     if not pcp.any():
         return None
-    best = max(((_corr(pcp, np.roll(prof, tonic)), tonic, minor)
-                for tonic in range(12) for minor, prof in ((False, MAJOR_PROFILE), (True, MINOR_PROFILE))))
-    return Key(tonic=best[1], minor=best[2], strength=best[0])
+    centred = pcp - pcp.mean()
+    norm = float(np.linalg.norm(centred))
+    corr = KEY_PROFILES @ centred / norm if norm > 0 else np.zeros(24)
+    best = int(np.argmax(corr))  # ties: the first (lowest tonic, major before minor)
+    return Key(tonic=best // 2, minor=bool(best % 2), strength=float(corr[best]))
 
 
 def key_agreement(answer: list[Note], prompt: list[Note]) -> float | None:
@@ -142,7 +155,9 @@ def estimate_grid(notes: list[Note]) -> Grid:
 def on_grid_share_of(onsets: np.ndarray, grid: Grid) -> float:
     if len(onsets) == 0:
         return 1.0
-    return float(np.mean([grid.distance(float(t)) <= GRID_TOLERANCE for t in onsets]))
+    frac = np.asarray(onsets, float) % 1.0
+    d = np.abs(frac[:, None] - np.asarray(grid.phases)[None, :])
+    return float(np.mean(np.minimum(d, 1.0 - d).min(1) <= GRID_TOLERANCE))
 
 
 def on_grid_share(notes: list[Note], grid: Grid) -> float | None:
