@@ -27,6 +27,7 @@ import numpy as np
 from .events import Note, Piece
 from .generate import beats_per_bar, generate
 from .music_metrics import Grid, Key, describe, estimate_grid, estimate_key
+from .checkpoint import ModelOutputError
 from .sampling import SamplingControls
 
 MEASURES = ("key_agreement", "in_scale", "on_grid", "length_ratio", "drones", "polyphony", "density",
@@ -162,17 +163,21 @@ def run(cases: list[Case], systems: dict, answer_bars: int = 4, controls: Sampli
     for i, case in enumerate(cases):
         beats = answer_bars * case.bar
         case.answers = {"real": case.real, "repeat": repeat_last_bar(case, answer_bars)}
+        failed: dict[str, str] = {}
         for name, runtime in systems.items():
             for seed in seeds:
                 key = name if len(seeds) == 1 else f"{name}@{seed}"
-                case.answers[key] = answer(runtime, case, answer_bars, controls, seed)
+                try:
+                    case.answers[key] = answer(runtime, case, answer_bars, controls, seed)
+                except ModelOutputError as e:  # the guard stopped it: counted, and the run goes on
+                    case.answers[key], failed[key] = [], str(e)
         real = describe(case.real, beats, case.prompt, case.key, case.grid, case.bar)
         for name, notes in case.answers.items():
             d = describe(notes, beats, case.prompt, case.key, case.grid, case.bar)
             for m in RATIO_TO_REAL:
                 d[f"{m}_vs_real"] = None if d[m] is None or not real[m] else d[m] / real[m]
             rows.append({"case": case.name, "style": case.style, "group": case.group, "system": name.split("@")[0],
-                         "key": str(case.key), "grid": case.grid.name, **d})
+                         "key": str(case.key), "grid": case.grid.name, "error": failed.get(name), **d})
         if progress:
             progress(i + 1, len(cases))
     return {"cases": rows, "medians": medians(rows), "groups": medians(rows, "group")}
@@ -187,7 +192,7 @@ def medians(rows: list[dict], by: str = "style") -> dict:
         groups = {"all": mine} | {s: [r for r in mine if r[by] == s] for s in sorted({r[by] for r in mine})}
         out[system] = {}
         for g, rs in groups.items():
-            stats = {"prompts": len({r["case"] for r in rs})}
+            stats = {"prompts": len({r["case"] for r in rs}), "errors": sum(r.get("error") is not None for r in rs)}
             for k in keys:
                 vals = [r[k] for r in rs if r.get(k) is not None]
                 stats[k] = round(float(np.median(vals)), 4) if vals else None
@@ -203,7 +208,7 @@ def table(result: dict, group: str = "all", by: str = "style") -> str:
     med = result["groups" if by == "group" else "medians"]
     systems = [s for s in ("model", "ngram", "repeat", "real") if s in med] + \
               [s for s in med if s not in ("model", "ngram", "repeat", "real")]
-    keys = ["prompts", "key_agreement", "in_scale", "on_grid", "length_ratio", "drones", "drones_mean", "polyphony",
+    keys = ["prompts", "errors", "key_agreement", "in_scale", "on_grid", "length_ratio", "drones", "drones_mean", "polyphony",
             "polyphony_vs_real", "density", "density_vs_real", "pitch_range", "median_ioi"]
     width = max(len(k) for k in keys) + 2
     lines = [f"{'median (' + group + ')':<{width}}" + "".join(f"{s:>10}" for s in systems)]

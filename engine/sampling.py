@@ -205,8 +205,8 @@ def parse_strengths(text: str, vocab: Vocabulary) -> dict[str, float]:
 
 class Grammar:
     """Which tokens are legal next: no note-off for a silent key, no note-on for a sounding
-    one, no pedal change to the state the pedal is already in, no prefix tokens in the
-    body, no `end` while anything sounds."""
+    one, a pedal change never to the state it is in and at most up-then-down per instant,
+    no prefix tokens in the body, no `end` while anything sounds."""
 
     def __init__(self, vocab: Vocabulary):
         self.vocab = vocab
@@ -236,8 +236,10 @@ class Grammar:
         self.base[never] = NEG
         self.base[v.end] = 0.0
         self.base[self.is_off] = NEG  # opened per sounding key
-        # a pedal's other state: a change to the state it is in says nothing (and, pushed by
-        # the follow biases, a model once repeated one until the output guard stopped it)
+        # a pedal's other state: a change to the state it is in, or a second change at the same
+        # instant, says nothing (and, pushed by the follow biases, a model once flipped a pedal
+        # until the output guard stopped it)
+        self.is_wait = v.kind == WAIT
         self.pedal_other = np.full(len(v), -1, np.int64)
         for fi in v.pedal_family:
             up, down = v.pedal(fi, False), v.pedal(fi, True)
@@ -248,20 +250,29 @@ class Grammar:
     def reset(self) -> None:
         self.mask = self.base.copy()
         self.sounding: set[int] = set()
+        self.pedaled: list[int] = []  # pedal tokens changed at this instant (their other state is shut too)
 
     def copy(self) -> "Grammar":
         g = object.__new__(Grammar)
         g.__dict__.update(self.__dict__)
         g.mask = self.mask.copy()
         g.sounding = set(self.sounding)
+        g.pedaled = list(self.pedaled)
         return g
 
     def update(self, token: int) -> None:
         k = self.key_of[token]
         if k < 0:
+            if self.is_wait[token] and self.pedaled:  # time passes: each pedal may change again
+                for t in self.pedaled:
+                    self.mask[self.pedal_other[t]] = 0.0
+                self.pedaled.clear()
             other = self.pedal_other[token]
             if other >= 0:
                 self.mask[token], self.mask[other] = NEG, 0.0
+                if self.vocab.vbin[token]:  # down (alone, or after an up: a re-pedal): shut both until time passes
+                    self.mask[other] = NEG
+                    self.pedaled.append(int(token))
             return
         if self.off_id[k] < 0:
             return

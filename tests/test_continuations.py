@@ -126,3 +126,21 @@ def test_cases_from_a_built_data_split(folder, tmp_path):
     assert len(cases) == sum(p["split"] == split for p in pieces) > 0
     assert all(c.style == "pop" and c.name.endswith(".mid") and len(c.real) == 4 * 11 for c in cases)
     assert all((c.key.tonic, c.key.minor) in {(0, False), (2, False), (7, False)} for c in cases)
+
+
+def test_an_answer_the_output_guard_stops_is_counted_and_the_run_goes_on(folder):
+    from musebridge.engine.checkpoint import ModelOutputError
+
+    v = Vocabulary()
+    train = np.concatenate([encode_piece(song(t, 16), v) for t in range(12)])
+    good = NGramRuntime(NGramModel(len(v)).fit(train), v)
+
+    class Flooding(NGramRuntime):
+        def step(self, tokens):  # a damaged model: the guard's error on the first step
+            raise ModelOutputError("model (in memory) produced output that is not music (test)")
+
+    bad = Flooding(good.model, v)
+    result = run(cases_from_folder(folder), {"ngram": good, "broken": bad}, answer_bars=2, seeds=(0,))
+    assert result["medians"]["broken"]["all"]["errors"] == 3 and result["medians"]["ngram"]["all"]["errors"] == 0
+    assert result["groups"]["ngram"]["all"]["prompts"] == 3
+    assert "errors" in table(result)

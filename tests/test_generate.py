@@ -203,3 +203,20 @@ def test_top_p_samples_exactly_the_nucleus_in_proportion(scale):
     assert got[want == 0].sum() == 0  # never outside the nucleus
     top = keep[:20]
     assert np.abs(got[top] - want[top]).max() < 4 * np.sqrt(want[top].max() / 30000) + 1e-3
+
+
+def test_grammar_lets_a_pedal_change_state_at_most_up_then_down_per_instant():
+    """A flipped pedal says nothing; pushed by biases a model once flipped one until the guard
+    stopped the answer."""
+    v = Vocabulary()
+    g = Grammar(v)
+    up, down = v.pedal(0, False), v.pedal(0, True)
+    assert g.mask[up] < -1e8 and g.mask[down] == 0.0  # it starts up
+    g.update(down)
+    assert g.mask[up] < -1e8 and g.mask[down] < -1e8  # pressed: nothing more at this instant
+    g.update(v.wait(3))
+    assert g.mask[up] == 0.0 and g.mask[down] < -1e8
+    g.update(up)
+    assert g.mask[up] < -1e8 and g.mask[down] == 0.0  # a re-pedal: up then down at one instant
+    g.update(down)
+    assert g.mask[up] < -1e8 and g.mask[down] < -1e8
