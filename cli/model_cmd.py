@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 
 from .errors import MuseBridgeError
-from .options import Checked
+from .options import Checked, decoding_options
 
 
 @click.command()
@@ -177,9 +177,6 @@ def evaluate(data, models, baselines, split, seq_len, json_out, style_classifier
 @click.option("--style", default=None, help="Style/composer label from the model's vocabulary (see --list-styles).")
 @click.option("--strength", "strengths", multiple=True, metavar="FAMILY=S",
               help="Instrument strengths 0..1, e.g. piano=1,drums=0 (0 mutes, 0.5 neutral, 1 favours).")
-@click.option("--temperature", type=Checked(click.FLOAT, "sampling.check_temperature"), default=1.0, show_default=True)
-@click.option("--top-k", type=Checked(click.INT, "sampling.check_top_k"), default=0, show_default=True)
-@click.option("--top-p", type=Checked(click.FLOAT, "sampling.check_top_p"), default=0.95, show_default=True)
 @click.option("--key", default=None, help="Keep pitched notes in a key, e.g. 'C major', 'F# minor'.")
 @click.option("--density", type=Checked(click.FLOAT, "sampling.check_density"), default=None, help="Target note-ons per beat.")
 @click.option("--seed", type=Checked(click.INT, "sampling.check_seed"), default=None, help="Same seed, same notes (0 to 2^32-1).")
@@ -193,7 +190,8 @@ def evaluate(data, models, baselines, split, seq_len, json_out, style_classifier
 @click.option("--list-styles", is_flag=True, help="Print the model's style labels and exit.")
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "torch", "tensorrt"]), default="auto", show_default=True,
               help="Decoder: auto is onnxruntime when installed, else torch.")
-def generate(prompt, bars, style, strengths, temperature, top_k, top_p, key, density, seed, variations, with_prompt,
+@decoding_options
+def generate(prompt, bars, style, strengths, decoding, key, density, seed, variations, with_prompt,
              model_dir, critic, out, list_styles, backend) -> None:
     """Continue a MIDI prompt with the model and write the result as MIDI."""
     from musebridge.engine.checkpoint import load_vocab, DEFAULT_MODEL
@@ -213,8 +211,7 @@ def generate(prompt, bars, style, strengths, temperature, top_k, top_p, key, den
     parsed: dict[str, float] = {}
     for s in strengths:
         parsed.update(parse_strengths(s, vocab))
-    controls = SamplingControls(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, strengths=parsed,
-                                key=key, density=density)
+    controls = SamplingControls(**decoding, seed=seed, strengths=parsed, key=key, density=density)
     piece = read_midi(prompt) if prompt else Piece()
     from musebridge.engine.backends import open_runtime
     from musebridge.engine.generate import generate as run_generate
@@ -243,8 +240,8 @@ def generate(prompt, bars, style, strengths, temperature, top_k, top_p, key, den
             clip = Piece(notes=piece.notes + [Note(n.start + shift, n.duration, n.pitch, n.velocity, n.family) for n in clip.notes],
                          pedals=piece.pedals, tempos=piece.tempos or clip.tempos, time_signatures=piece.time_signatures or clip.time_signatures,
                          style=style)
-        meta = {"seed": res.seed, "bars": bars, "style": style, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-                "strengths": parsed, "key": key, "density": density, "prompt": str(prompt) if prompt else None,
+        meta = {**controls.with_(seed=res.seed).to_dict(), "bars": bars, "style": style,
+                "prompt": str(prompt) if prompt else None,
                 "model": str(folder), "backend": runtime.name, "critic_score": None if score is None else round(float(score), 4)}
         write_midi(clip, path, metadata=meta)
         fams = ", ".join(clip.families) or "nothing"
