@@ -32,15 +32,17 @@ from .options import Checked, decoding_options
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write every row and median.")
 @click.option("--png", type=click.Path(dir_okay=False), default=None, help="A sheet of piano rolls: prompt | answers | real.")
+@click.option("--markdown", type=click.Path(dir_okay=False), default=None,
+              help="Write the medians per style group as a Markdown table (the model card's).")
 @click.option("--rolls", type=click.IntRange(1, 40), default=6, show_default=True, help="Prompts on the PNG sheet.")
 @decoding_options
 def continuations(data, midi_dirs, split, prompt_bars, bars, limit, seeds, model_dir, ngram, decoding,
-                  backend, json_out, png, rolls) -> None:
+                  backend, json_out, png, markdown, rolls) -> None:
     """Continue real prompts and measure the answers beside the real next bars."""
     from musebridge.engine.backends import open_runtime
     from musebridge.engine.baselines import NGramModel, NGramRuntime
-    from musebridge.engine.continuation_bench import (cases_from_folder, cases_from_split, require_matplotlib, roll_sheet,
-                                                       run, table)
+    from musebridge.engine.continuation_bench import (cases_from_folder, cases_from_split, markdown_table,
+                                                       require_matplotlib, roll_sheet, run, table)
     from musebridge.engine.sampling import SamplingControls
 
     if not data and not midi_dirs:
@@ -87,6 +89,8 @@ def continuations(data, midi_dirs, split, prompt_bars, bars, limit, seeds, model
     if json_out:
         text = json.dumps(result, indent=1) + "\n"
         write_atomic(json_out, lambda tmp: Path(tmp).write_text(text))
+    if markdown:
+        write_atomic(markdown, lambda tmp: Path(tmp).write_text(markdown_table(result)))
     if png:
         shown = tuple(s for s in ("model", "ngram", "repeat", "real") if s in result["medians"])
         write_atomic(png, lambda tmp: roll_sheet(cases, tmp, shown, rolls))

@@ -272,3 +272,23 @@ def roll_sheet(cases: list[Case], path: str | Path, systems: tuple[str, ...] = (
     fig.savefig(path, dpi=110, format="png")  # the name may be a temp file's
     plt.close(fig)
     return path
+
+
+CARD_COLUMNS = (("key agr.", "key_agreement", "{:.2f}"), ("in scale", "in_scale", "{:.2f}"),
+                ("on grid", "on_grid", "{:.2f}"), ("length ×prompt", "length_ratio", "{:.2f}"),
+                ("drones (mean)", "drones_mean", "{:.1%}"), ("polyphony ×real", "polyphony_vs_real", "{:.2f}"),
+                ("density ×real", "density_vs_real", "{:.2f}"))
+
+
+def markdown_table(result: dict) -> str:
+    """Medians per style group (and all), one row per system: the model card's table."""
+    med = result["groups"]
+    systems = [s for s in ("model", "ngram", "repeat", "real") if s in med]
+    head = "| group (prompts) | system | " + " | ".join(c[0] for c in CARD_COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (2 + len(CARD_COLUMNS))]
+    for group in med["real"]:
+        for s in systems:
+            stats = med[s].get(group, {})
+            cells = ["–" if stats.get(k) is None else fmt.format(stats[k]).replace("%", " %") for _, k, fmt in CARD_COLUMNS]
+            lines.append(f"| {group} ({stats.get('prompts', 0)}) | {s} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

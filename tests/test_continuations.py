@@ -95,15 +95,18 @@ def test_systems_side_by_side_with_the_real_continuation(folder, tmp_path):
 def test_command_prints_the_table_and_writes_json_and_rolls(folder, tmp_path, capsys):
     from musebridge.main import main
 
-    out, png = tmp_path / "c.json", tmp_path / "rolls.png"
+    out, png, md = tmp_path / "c.json", tmp_path / "rolls.png", tmp_path / "card.md"
     assert main(["continuations", "--midi", str(folder), "--bars", "2", "--limit", "2", "--seeds", "3",
-                 "--backend", "onnxruntime", "--json", str(out), "--png", str(png)]) == 0
+                 "--backend", "onnxruntime", "--json", str(out), "--png", str(png), "--markdown", str(md),
+                 "--follow-key", "0.5"]) == 0
     printed = capsys.readouterr().out
     assert "key_agreement" in printed and "model" in printed and "real" in printed
     result = json.loads(out.read_text())
     assert result["medians"]["model"]["all"]["prompts"] == 2 and result["settings"]["seeds"] == [3]
+    assert result["settings"]["follow_key"] == 0.5
     assert png.read_bytes()[:4] == b"\x89PNG"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "rolls.png"]  # no temp files left
+    assert "| all (2) | model |" in md.read_text() and "| pop (2) | real |" in md.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "card.md", "rolls.png"]  # no temp files left
 
 
 def test_command_says_what_is_missing(tmp_path, capsys):
