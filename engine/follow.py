@@ -211,7 +211,7 @@ class FollowBias:
         self.on_mask = on
         self.wait_ids, self.wait_ticks = lay.wait_ids, lay.wait_ticks
         self.target_density = heard.density if heard is not None and texture > 0 else None
-        self.density_weight = min(texture, 1.0)
+        self.density_weight = min(2.0 * texture, 1.0)
         # per family: its note ids [lo, hi) (contiguous), its hold limit (ticks) and voices
         per = v.config.ticks_per_beat if v.config.time_mode == "beats" else 1000.0 / v.config.wait_ms
         self.fam_range = lay.fam_range
