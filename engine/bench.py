@@ -129,6 +129,15 @@ def run_backend(backend: str, model_dir: str | None, threads: int) -> list[dict]
         ms.append((time.perf_counter() - t0) * 1e3)
         rt.rewind(m)
     rows.append(_row(backend, "first_token_ms", mid, ms[4:]))
+    # one sampled token on its own (controls, grammar, density and follow biases, top-p): what
+    # the decode step costs beyond the runtime, per token
+    row = RowDecoder(vocab, shaper, grammar.copy(), shaper.rng, heard)
+    ms = []
+    for _ in range(200):
+        t0 = time.perf_counter()
+        row.sample(logits[0])
+        ms.append((time.perf_counter() - t0) * 1e3)
+    rows.append(_row(backend, "sample_ms", mid, ms[10:]))
     rows.append(_realtime(backend, rt, vocab, long))
     rows.append(_row(backend, "peak_rss_mb", 0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "MB"))
     return rows

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from musebridge.main import cli, main  # noqa: E402
 
-METRICS = {"prefill_ms", "decode_step_ms", "append_note_ms", "first_token_ms", "realtime_factor", "peak_rss_mb"}
+METRICS = {"prefill_ms", "decode_step_ms", "append_note_ms", "first_token_ms", "sample_ms", "realtime_factor", "peak_rss_mb"}
 
 
 
