@@ -6,63 +6,45 @@ min-p and the follow faders to `set_controls`, mode to `set_mode`, answer length
 everything shown is read back from the session: the roll from `roll_snapshot()`, the
 clock from `session.clock`, the meter from its latency and throughput figures, the clips
 from `history`. Nothing here decides anything musical.
+
+This module assembles the window: the transport bar, the three columns, the status bar,
+saved values, the frame tick and closing. The panels with wiring of their own are parts of
+the same window object, each in its own module: `ports_panel` (MIDI), `generation_panel`,
+`latency_panel`, `clips_panel` and `session_events` (what the host reports); the widgets
+they build sit in `mixer`, `follow_panel`, `roll`, `clips` and `meter`.
 """
 
 from __future__ import annotations
 
-import math
-import random
-import threading
 import time
-from pathlib import Path
 
 from PyQt6.QtCore import QSettings, Qt, QTimer, pyqtSignal
 from PyQt6.QtGui import QKeySequence, QShortcut
-from PyQt6.QtWidgets import (QButtonGroup, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QFrame, QGroupBox,
-                             QHBoxLayout, QLabel, QMainWindow, QProgressBar, QPushButton, QSlider, QSpinBox,
+from PyQt6.QtWidgets import (QButtonGroup, QFrame, QGroupBox, QHBoxLayout, QLabel, QMainWindow, QPushButton,
                              QSplitter, QStatusBar, QToolButton, QVBoxLayout, QWidget)
 
 from musebridge.bridge.config import MODE_NAMES, MODES
-from musebridge.bridge.ports import API_CHOICES
-from musebridge.engine.checkpoint import DEFAULT_MODEL, load_vocab
-from musebridge.engine.families import FAMILIES
-from musebridge.engine.sampling import SamplingControls
 
 from . import settings as saved
 from . import theme
-from .clips import Clip, ClipList, clip_from_answer, phrase_before
+from .clips_panel import ClipsPanelMixin
 from .follow_panel import LABELS as FOLLOW_LABELS
 from .follow_panel import FollowPanel
+from .generation_panel import GenerationPanelMixin, _min_p_text
 from .host import SessionHost, plain
 from .jobs import GenerateJob
-from .meter import LatencyMeter
+from .latency_panel import LatencyPanelMixin
 from .mixer import Mixer
 from .port_watch import PortWatcher
+from .ports_panel import VIRTUAL_IN, VIRTUAL_OUT, PortsPanelMixin
 from .roll import PianoRoll
+from .session_events import SessionEventsMixin
 
-VIRTUAL_IN, VIRTUAL_OUT = "MuseBridge In (virtual)", "MuseBridge Out (virtual)"
 STATE_WORDS = {"stopped": "stopped", "listening": "listening", "answering": "answering", "accompanying": "playing along"}
 
 
-def _own(name: str) -> bool:
-    """Our own virtual ports show in the lists too: never offer MuseBridge to itself."""
-    return "musebridge" in name.lower()
-
-
-def _match(name: str, ports: list[str]) -> str | None:
-    """The port `name` opens, matched as the ports module does: exactly, else a unique
-    case-insensitive part of one name."""
-    if name in ports:
-        return name
-    hits = [p for p in ports if name.lower() in p.lower()]
-    return hits[0] if len(hits) == 1 else None
-
-
-def _min_p_text(v: int) -> str:
-    return "off" if v == 0 else f"{v / 100:.2f}"
-
-
-class MainWindow(QMainWindow):
+class MainWindow(PortsPanelMixin, GenerationPanelMixin, LatencyPanelMixin, ClipsPanelMixin,
+                 SessionEventsMixin, QMainWindow):
     ports_listed = pyqtSignal(str, list, list, str)  # api, inputs, outputs, error ("" if none)
 
     def __init__(self, host: SessionHost, qsettings: QSettings, values: dict | None = None,
@@ -203,117 +185,13 @@ class MainWindow(QMainWindow):
         lay = QVBoxLayout(w)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(8)
-        midi = QGroupBox("MIDI")
-        f = QFormLayout(midi)
-        f.setLabelAlignment(Qt.AlignmentFlag.AlignRight)
-        self.api_box = QComboBox()
-        self.api_box.addItems(API_CHOICES)
-        self.api_box.setToolTip("The MIDI system (auto: the platform's own; JACK where there is no ALSA sequencer)")
-        self.api_box.currentTextChanged.connect(self._api_changed)
-        self.in_box = QComboBox()
-        self.in_box.setToolTip("Where your playing comes from (your controller, or the DAW's MIDI out)")
-        self.in_box.activated.connect(lambda _: self._port_chosen("in_port", self.in_box))
-        self.out_box = QComboBox()
-        self.out_box.setToolTip("Where the model's notes go (a DAW track's MIDI input, or a synth)")
-        self.out_box.activated.connect(lambda _: self._port_chosen("out_port", self.out_box))
-        self.family_box = QComboBox()
-        for fam in FAMILIES:
-            self.family_box.addItem(theme.FAMILY_LABELS[fam.name], fam.name)
-        self.family_box.setToolTip("What the model hears your notes as (channel 10 is always drums)")
-        self.family_box.activated.connect(lambda _: self._set_config(in_family=self.family_box.currentData()))
-        f.addRow("API", self.api_box)
-        f.addRow("Input", self.in_box)
-        f.addRow("Output", self.out_box)
-        f.addRow("You play", self.family_box)
-        lay.addWidget(midi)
-
-        gen = QGroupBox("Generation")
-        g = QFormLayout(gen)
-        g.setLabelAlignment(Qt.AlignmentFlag.AlignRight)
-        self.style_box = QComboBox()
-        self.style_box.addItem("any style", None)
-        try:
-            styles = [s for s in load_vocab(self.session.cfg.model or DEFAULT_MODEL).styles if s != "unknown"]
-        except Exception:
-            styles = []
-        for s in styles:
-            self.style_box.addItem(s.replace("_", " "), s)
-        self.style_box.setMaxVisibleItems(20)
-        self.style_box.setToolTip("The style the model leans towards (changing it restarts a running jam)")
-        self.style_box.activated.connect(lambda _: self._set_config(style=self.style_box.currentData()))
-        g.addRow("Style", self.style_box)
-        self.temp = self._slider(20, 200, lambda v: f"{v / 100:.2f}", self._temp_changed,
-                                 "Temperature: lower is safer, higher is wilder (1.00 is the model as trained)")
-        g.addRow("Temperature", self.temp[0])
-        self.top_p = self._slider(50, 100, lambda v: f"{v / 100:.2f}", self._top_p_changed,
-                                  "Top-p: sample only from the most likely notes that make up this much probability")
-        g.addRow("Top-p", self.top_p[0])
-        self.min_p = self._slider(0, 50, _min_p_text, self._min_p_changed,
-                                  "Min-p: drop notes less likely than this share of the likeliest one (off: 0; try 0.02-0.10)")
-        g.addRow("Min-p", self.min_p[0])
-        self.bars_box = QDoubleSpinBox()
-        self.bars_box.setRange(0.5, 16)
-        self.bars_box.setSingleStep(0.5)
-        self.bars_box.setDecimals(1)
-        self.bars_box.setSuffix(" bars")
-        self.bars_box.setToolTip("How long each answer is")
-        self.bars_box.valueChanged.connect(lambda v: self._set_config(bars=float(v)))
-        g.addRow("Answer", self.bars_box)
-        self.quant = self._slider(0, 100, lambda v: f"{v}%", lambda v: self._set_config(quantize=v / 100),
-                                  "How far your notes are pulled to the 16th grid before the model hears them")
-        g.addRow("Quantize", self.quant[0])
-        self.silence_box = QDoubleSpinBox()
-        self.silence_box.setRange(0.25, 16)
-        self.silence_box.setSingleStep(0.5)
-        self.silence_box.setSuffix(" beats")
-        self.silence_box.setToolTip("Call and response: this much silence ends your phrase")
-        self.silence_box.valueChanged.connect(lambda v: self._set_config(silence_beats=float(v)))
-        g.addRow("Phrase gap", self.silence_box)
-        self.seed_box = QSpinBox()
-        self.seed_box.setRange(-1, 999_999)
-        self.seed_box.setSpecialValueText("random")
-        self.seed_box.setToolTip("Same seed, same answer to the same phrase (random: a new one each time)")
-        self.seed_box.valueChanged.connect(self._seed_changed)
-        g.addRow("Seed", self.seed_box)
-        self.bpm_box = QDoubleSpinBox()
-        self.bpm_box.setRange(20, 400)
-        self.bpm_box.setDecimals(1)
-        self.bpm_box.setSuffix(" BPM")
-        self.bpm_box.setToolTip("Tempo used while no MIDI clock arrives from the DAW")
-        self.bpm_box.valueChanged.connect(lambda v: self._set_config(bpm=float(v)))
-        g.addRow("Internal", self.bpm_box)
-        lay.addWidget(gen)
-
-        lat = QGroupBox("Latency")
-        ll = QVBoxLayout(lat)
-        self.meter = LatencyMeter()
-        ll.addWidget(self.meter)
-        lay.addWidget(lat)
+        lay.addWidget(self._midi_box())
+        lay.addWidget(self._generation_box())
+        lay.addWidget(self._latency_box())
         lay.addStretch(1)
         w.setMinimumWidth(270)
         w.setMaximumWidth(360)
         return w
-
-    def _slider(self, lo: int, hi: int, fmt, on_change, tip: str):
-        box = QWidget()
-        h = QHBoxLayout(box)
-        h.setContentsMargins(0, 0, 0, 0)
-        s = QSlider(Qt.Orientation.Horizontal)
-        s.setRange(lo, hi)
-        s.setToolTip(tip)
-        lab = QLabel(fmt(lo))
-        lab.setObjectName("value")
-        lab.setMinimumWidth(38)
-        lab.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-
-        def changed(v):
-            lab.setText(fmt(v))
-            on_change(v)
-
-        s.valueChanged.connect(changed)
-        h.addWidget(s, 1)
-        h.addWidget(lab)
-        return box, s, lab
 
     def _centre(self) -> QWidget:
         w = QWidget()
@@ -379,52 +257,6 @@ class MainWindow(QMainWindow):
         w.setMaximumWidth(420)
         return w
 
-    def _clips_box(self) -> QWidget:
-        box = QGroupBox("Clips")
-        lay = QVBoxLayout(box)
-        lay.setSpacing(6)
-        hint = QLabel("Every answer lands here. Drag one into your DAW.")
-        hint.setObjectName("dim")
-        hint.setWordWrap(True)
-        lay.addWidget(hint)
-        self.clips = ClipList()
-        self.clips.itemSelectionChanged.connect(self._clip_selection)
-        self.clips.itemDoubleClicked.connect(lambda _: self.play_clip())
-        lay.addWidget(self.clips, 1)
-        row = QHBoxLayout()
-        self.play_btn = QPushButton("Play")
-        self.play_btn.setToolTip("Play the clip again from the next bar, through MuseBridge's output")
-        self.play_btn.clicked.connect(self.play_clip)
-        self.regen_btn = QPushButton("Regenerate")
-        self.regen_btn.setToolTip("Answer the same phrase again with a new seed")
-        self.regen_btn.clicked.connect(self.regenerate_clip)
-        self.export_btn = QPushButton("Export…")
-        self.export_btn.setToolTip("Save as .mid: one track per instrument, GM programs, tempo, seed and settings (Ctrl+E)")
-        self.export_btn.clicked.connect(self.export_dialog)
-        for b in (self.play_btn, self.regen_btn, self.export_btn):
-            row.addWidget(b)
-        lay.addLayout(row)
-        var = QHBoxLayout()
-        self.var_btn = QPushButton("Variations")
-        self.var_btn.setToolTip("Generate several answers to your last phrase (ranked by the critic when the model has one)")
-        self.var_btn.clicked.connect(self.variations)
-        self.var_n = QSpinBox()
-        self.var_n.setRange(2, 16)
-        self.var_n.setPrefix("× ")
-        self.var_n.valueChanged.connect(lambda v: self._remember(variations=v))
-        var.addWidget(self.var_btn, 1)
-        var.addWidget(self.var_n)
-        lay.addLayout(var)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("")
-        self.progress.setTextVisible(True)
-        self.progress.setVisible(False)
-        lay.addWidget(self.progress)
-        self._clip_selection()
-        return box
-
     def _shortcuts(self) -> None:
         keys = {Qt.Key.Key_Space: self.toggle_start, Qt.Key.Key_Escape: self.panic, Qt.Key.Key_T: self.trigger,
                 Qt.Key.Key_F: lambda: self.follow_btn.toggle(), Qt.Key.Key_1: lambda: self.set_mode(MODES[0]),
@@ -481,26 +313,9 @@ class MainWindow(QMainWindow):
         self.session.set_strength(family, value)
         self._remember(strengths=self.mixer.strengths(), mutes=self.mixer.mutes())
 
-    def _temp_changed(self, v: int) -> None:
-        self.session.set_controls(temperature=v / 100)
-        self._remember(temperature=v / 100)
-
-    def _top_p_changed(self, v: int) -> None:
-        self.session.set_controls(top_p=v / 100)
-        self._remember(top_p=v / 100)
-
-    def _min_p_changed(self, v: int) -> None:
-        self.session.set_controls(min_p=v / 100)
-        self._remember(min_p=v / 100)
-
     def _follow_changed(self, name: str, value: float) -> None:
         self.session.set_controls(**{name: value})
         self._remember(**{name: value})
-
-    def _seed_changed(self, v: int) -> None:
-        seed = None if v < 0 else v
-        self.session.set_controls(seed=seed)
-        self._remember(seed=seed)
 
     def _set_config(self, **changes) -> None:
         try:
@@ -568,15 +383,6 @@ class MainWindow(QMainWindow):
         if self.host.running:
             self.session.trigger()
 
-    def _on_busy(self, state: str) -> None:
-        self._show_running()
-        if not state and self.host.running:
-            self.error = "" if not self.error.startswith("start") else self.error
-
-    def _on_failed(self, msg: str) -> None:
-        self.show_error(f"could not start: {msg}")
-        self._show_running()
-
     def _show_running(self) -> None:
         busy = self.host.state
         running = self.host.running
@@ -587,255 +393,9 @@ class MainWindow(QMainWindow):
             busy, "■  Stop" if running else "▶  Start"))
         self.play_btn.setEnabled(running and bool(self.clips.selected_clips()))
 
-    # --- ports --------------------------------------------------------------------------------
-    def _api_changed(self, api: str) -> None:
-        self._set_config(api=api)
-        self.inputs, self.outputs = [], []
-        self.refresh_ports()
-
-    def refresh_ports(self) -> None:
-        """List ports in a thread (a MIDI system can be slow to answer); the result comes back as a signal."""
-        if self._listing:
-            return
-        self._listing = True
-        api = self.session.cfg.api
-        lister = self.port_lister
-
-        def run():
-            try:
-                ins, outs = lister(api)
-                self.ports_listed.emit(api, list(ins), list(outs), "")
-            except Exception as e:
-                self.ports_listed.emit(api, [], [], plain(e))
-
-        threading.Thread(target=run, name="musebridge-ports", daemon=True).start()
-
-    def _ports_listed(self, api: str, ins: list, outs: list, err: str) -> None:
-        self._listing = False
-        if api != self.session.cfg.api:
-            return
-        if err:
-            self.port_problem = f"MIDI API {api}: {err}"
-            self.inputs, self.outputs = [], []
-        else:
-            self.inputs = [p for p in ins if not _own(p)]
-            self.outputs = [p for p in outs if not _own(p)]
-            gone = [f"{what} port “{name}” is gone" for what, name, have in
-                    (("input", self.session.cfg.in_port, self.inputs), ("output", self.session.cfg.out_port, self.outputs))
-                    if name is not None and _match(name, have) is None]
-            self.port_problem = ("; ".join(gone) + " — plug it back in or pick another") if gone else ""
-        self._rebuild_ports()
-        self._status()
-
-    def _rebuild_ports(self) -> None:
-        cfg = self.session.cfg
-        for box, ports, current, virtual in ((self.in_box, self.inputs, cfg.in_port, VIRTUAL_IN),
-                                             (self.out_box, self.outputs, cfg.out_port, VIRTUAL_OUT)):
-            box.blockSignals(True)
-            box.clear()
-            box.addItem(virtual, None)
-            for p in ports:
-                box.addItem(p, p)
-            match = None if current is None else _match(current, ports)
-            if current is not None and match is None:
-                box.addItem(f"{current}  (missing)", current)
-            box.setCurrentIndex(max(box.findData(match or current), 0))
-            box.blockSignals(False)
-
-    def _port_chosen(self, key: str, box: QComboBox) -> None:
-        self._set_config(**{key: box.currentData()})
-        self.refresh_ports()
-
-    # --- events from the session (GUI thread) -----------------------------------------------------
-    def _on_event(self, rec: dict) -> None:
-        ev = rec.get("event")
-        if ev == "ready":
-            self.backend = rec.get("backend") or self.backend
-            self.error = ""
-        elif ev == "error":
-            self.show_error(rec.get("message", "error"))
-        elif ev == "phrase_end":
-            bpb = self.session.cfg.beats_per_bar
-            start = float(rec.get("start_beat", 0.0))
-            self._live_region = (start, start + float(rec.get("bars", 0)) * bpb, "playing")
-        elif ev == "answer_end":
-            self._live_region = None
-            self.sync_history()
-        elif ev in ("panic", "stopped", "error", "transport"):
-            self._live_region = None
-        elif ev == "mode":
-            self._show_mode(rec.get("mode", self.session.mode))
-        elif ev == "control":
-            self._control_from_cc(rec.get("control", ""), rec.get("value"))
-        elif ev == "midi_learn":
-            self._show_ccs()
-            self.statusBar().showMessage(f"learned: CC {rec.get('cc')} → {rec.get('control')}", 5000)
-        elif ev == "transport":
-            self.statusBar().showMessage(f"DAW transport: {rec.get('status')}", 3000)
-        elif ev == "stopped":
-            self._frozen_playhead = self._playhead_now
-        self._show_running()
-        self._status()
-
-    def _control_from_cc(self, control: str, value) -> None:
-        if control.startswith("strength:"):
-            strip = self.mixer.strips.get(control.split(":", 1)[1])
-            if strip is not None:
-                strip.set_strength(float(value))
-        elif control in self.follow.faders:
-            self.follow.faders[control].set_value(float(value))
-        elif control == "temperature":
-            self.temp[1].blockSignals(True)
-            self.temp[1].setValue(round(float(value) * 100))
-            self.temp[2].setText(f"{float(value):.2f}")
-            self.temp[1].blockSignals(False)
-        elif control == "top_p":
-            self.top_p[1].blockSignals(True)
-            self.top_p[1].setValue(round(float(value) * 100))
-            self.top_p[2].setText(f"{float(value):.2f}")
-            self.top_p[1].blockSignals(False)
-
     def show_error(self, msg: str) -> None:
         self.error = msg
         self._status()
-
-    # --- clips ---------------------------------------------------------------------------------
-    def sync_history(self) -> None:
-        """New answers in the session's history become clips (with the phrase they answer)."""
-        s = self.session
-        bpb = s.cfg.beats_per_bar
-        notes = s.roll_snapshot()
-        hist = list(s.history)
-        for i, rec in enumerate(hist):
-            if rec.get("tag", 0) <= self._seen_tag:
-                continue
-            prev_end = -math.inf
-            if i > 0:
-                prev_end = hist[i - 1]["start"] + hist[i - 1]["bars"] * bpb
-            prompt = phrase_before(notes, rec["start"], bpb, rec.get("bpm", 120.0), after=prev_end)
-            clip = clip_from_answer(rec, bpb, prompt, model=s.cfg.model)
-            self.clips.add_clip(clip)
-            self._seen_tag = rec["tag"]
-            if not self.clips.selectedItems():  # never take a clip out of the player's hands
-                self.clips.select(clip)
-
-    def _clip_selection(self) -> None:
-        have = bool(self.clips.selected_clips())
-        self.play_btn.setEnabled(have and self.host.running)
-        self.regen_btn.setEnabled(have and not self.job.running)
-        self.export_btn.setEnabled(have)
-
-    def play_clip(self) -> None:
-        clip = self.clips.current_clip()
-        if clip is None:
-            return
-        try:
-            beat = self.session.replay(clip.notes)
-        except Exception as e:
-            self.show_error(plain(e))
-            return
-        bpb = self.session.cfg.beats_per_bar
-        self.statusBar().showMessage(f"playing {clip.label} from bar {int(beat // bpb) + 1}", 4000)
-
-    def export_clip(self, clip: Clip, path: str | Path) -> Path:
-        out = clip.export(path)
-        self.statusBar().showMessage(f"exported {clip.label} to {out}", 5000)
-        return out
-
-    def export_dialog(self) -> None:
-        chosen = self.clips.selected_clips()
-        if not chosen:
-            return
-        last = str(self.values.get("export_dir") or Path.home())
-        try:
-            if len(chosen) == 1:
-                path, _ = QFileDialog.getSaveFileName(self, "Export clip", str(Path(last) / chosen[0].file_name()),
-                                                      "MIDI files (*.mid)")
-                if path:
-                    self.export_clip(chosen[0], path if path.endswith(".mid") else path + ".mid")
-                    self.values["export_dir"] = str(Path(path).parent)
-            else:
-                folder = QFileDialog.getExistingDirectory(self, "Export clips to", last)
-                if folder:
-                    for c in chosen:
-                        self.export_clip(c, Path(folder) / c.file_name())
-                    self.values["export_dir"] = folder
-        except Exception as e:
-            self.show_error(plain(e))
-
-    def _controls_now(self, seed: int | None = None) -> SamplingControls:
-        return self.session.controls.with_(seed=seed)
-
-    def last_phrase(self):
-        """What the player played last: their notes since the latest answer that ended before it."""
-        s = self.session
-        bpb = s.cfg.beats_per_bar
-        notes = s.roll_snapshot()
-        mine = [n for n in notes if n["src"] == "user"]
-        if not mine:
-            return None
-        last_on = max(n["on"] for n in mine)
-        ends = [h["start"] + h["bars"] * bpb for h in s.history]
-        after = max((e for e in ends if e <= last_on), default=-math.inf)
-        return phrase_before(notes, last_on + 1e-6, bpb, s.clock.bpm, after=after)
-
-    def variations(self) -> None:
-        prompt = self.last_phrase()
-        if prompt is None or not prompt.notes:
-            self.show_error("play a phrase first: variations answer your last phrase")
-            return
-        s = self.session
-        n = self.var_n.value()
-        self._start_job(prompt, n, s.cfg.bars, self._controls_now(s.controls.seed), s.cfg.style, "variation", "V")
-
-    def regenerate_clip(self) -> None:
-        clip = self.clips.current_clip()
-        if clip is None:
-            return
-        from musebridge.engine.events import Piece
-
-        try:  # every control the clip was made with (a clip from an older version: the rest at their defaults)
-            controls = SamplingControls.from_dict(clip.controls).with_(seed=random.randrange(1, 1_000_000))
-        except Exception as e:
-            self.show_error(plain(e))
-            return
-        self._start_job(clip.prompt or Piece(), 1, clip.bars, controls, clip.style, "regenerated", f"{clip.label}′")
-
-    def _start_job(self, prompt, n, bars, controls, style, source, label) -> None:
-        s = self.session
-        if not self.job.start(prompt, n, bars, controls, style, s.cfg.beats_per_bar, s.clock.bpm, source, label):
-            self.statusBar().showMessage("already generating", 3000)
-            return
-        self.progress.setVisible(True)
-        self.progress.setRange(0, n)
-        self.progress.setValue(0)
-        self.progress.setFormat("starting…")
-        self.var_btn.setEnabled(False)
-        self.regen_btn.setEnabled(False)
-
-    def _job_progress(self, done: int, total: int, what: str) -> None:
-        self.progress.setRange(0, max(total, 1))
-        self.progress.setValue(done)
-        self.progress.setFormat(what)
-
-    def _job_clip(self, clip: Clip) -> None:
-        self.clips.add_clip(clip)
-        if not self.clips.selectedItems():
-            self.clips.select(clip)
-
-    def _job_done(self, clips: list, err: str) -> None:
-        self.var_btn.setEnabled(True)
-        self._clip_selection()
-        if err:
-            self.progress.setFormat("failed")
-            self.show_error(f"generation failed: {err}")
-            return
-        ranked = ""
-        if len(clips) > 1 and all(c.critic is not None for c in clips):
-            clips[0].best = True
-            self.clips.rank(clips)
-            ranked = " (ranked by the critic)"
-        self.progress.setFormat(f"{len(clips)} ready{ranked}")
 
     # --- the frame tick -------------------------------------------------------------------------
     @property
@@ -874,37 +434,17 @@ class MainWindow(QMainWindow):
             self.meter.show_numbers(self.meter_numbers())
         self._status()
 
-    def _meter_dirty(self) -> bool:
-        n = len(self.session.latencies["first_token_ms"]) + len(getattr(self.session, "throughput", {}).get("tokens_per_s", ()))
-        dirty = n != getattr(self, "_meter_n", -1)
-        self._meter_n = n
-        return dirty
-
     @staticmethod
     def _bar_beat(beat: float | None, bpb: int) -> str:
         if beat is None or beat < 0:
             return "  1.1"
         return f"{int(beat // bpb) + 1:3d}.{int(beat % bpb) + 1}"
 
-    def meter_numbers(self) -> dict:
-        s = self.session
-        tp = getattr(s, "throughput", {})
-        jit = None
-        if s.scheduler is not None:
-            try:
-                jit = s.scheduler.jitter_stats().get("p99_ms")
-            except Exception:
-                jit = None
-        return {"phrase_to_note_ms": list(s.latencies["phrase_to_note_ms"]),
-                "first_token_ms": list(s.latencies["first_token_ms"]),
-                "tokens_per_s": list(tp.get("tokens_per_s", ())), "realtime_x": list(tp.get("realtime_x", ())),
-                "backend": self.backend, "jitter_p99_ms": jit}
-
     def _status(self) -> None:
         s = self.session
         cfg = s.cfg
-        inp = cfg.in_port or "MuseBridge In (virtual)"
-        out = cfg.out_port or "MuseBridge Out (virtual)"
+        inp = cfg.in_port or VIRTUAL_IN
+        out = cfg.out_port or VIRTUAL_OUT
         self.st_ports.setText(f"{inp}  →  {out}  ·  {cfg.api}")
         if self.host.running:
             self.st_clock.setText(f"following the DAW clock at {s.clock.bpm:.1f} BPM" if s.clock.following
