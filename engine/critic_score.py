@@ -247,5 +247,11 @@ def rank_continuations(critic_dir: str | Path, prompt, continuations: list[list[
     critic = open_critic(critic_dir, threads)
     if critic.vocab != vocab:
         raise ClassifierFileError(f"critic {critic_dir} uses another vocabulary than the model; pass the critic trained for it")
-    head = prompt_tokens(prompt, vocab, style, prompt.families)
+    return critic_scores(critic, prompt_tokens(prompt, vocab, style, prompt.families), continuations)
+
+
+def critic_scores(critic: OrtClassifier, head: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[float]:
+    """P(real) of each continuation after the tokens `head`: the critic reads the last of
+    `head` + continuation that fit its context. The ranking `rank_continuations` and the jam share."""
+    head = list(head[-critic.context:])
     return [float(s) for s in critic.p_real([head + list(t) for t in continuations])]

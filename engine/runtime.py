@@ -101,6 +101,14 @@ class CachedRuntime(ABC):
         self.trackers = [t.copy() for t in trackers]
         return True
 
+    def make_room(self, n: int) -> np.ndarray | None:
+        """Slide the window now if `n` more tokens would not fit, so a mark taken next
+        survives them (`rewind` cannot cross a slide); logits [B,V] after the kept tokens,
+        or None when they fit (or sliding would free nothing)."""
+        if self.position + n <= self.context or self.position <= self.context - self.context // 4:
+            return None
+        return self._checked(self._slide())
+
     # --- bookkeeping -------------------------------------------------------------------------
     def _advance(self, tokens: np.ndarray) -> np.ndarray:
         b, n = tokens.shape
