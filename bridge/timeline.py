@@ -16,6 +16,7 @@ model's notes that did sound and the player's new ones.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable, Iterable
@@ -29,6 +30,10 @@ from musebridge.engine.row_decoder import RowDecoder
 from musebridge.engine.sampling import NEG, Grammar, LogitShaper
 from musebridge.engine.tokenizer import StreamEncoder
 from musebridge.engine.vocab import NOTE, WAIT, Vocabulary
+
+# what generate_ranked expects scoring and playing the winner to take, a candidate, until it
+# has timed them (the shipped critic reads a window in 5-20 ms on one thread here)
+FIRST_FINISH_S = 0.03
 
 
 @dataclass
@@ -51,6 +56,40 @@ class Answer:
     cancelled: bool = False
 
 
+@dataclass
+class RankedAnswer(Answer):
+    """What `generate_ranked` played (the `Answer` fields are the chosen candidate's) and how it chose."""
+
+    chosen: int = 0  # which candidate played (index into `scores`)
+    made: int = 1  # candidates sampled
+    scores: list[float] = field(default_factory=list)  # one per candidate; empty when only one was made
+    sample_s: float = 0.0  # wall time sampling them
+    score_s: float = 0.0  # wall time scoring them
+    emitted_s: float | None = None  # wall time from call to the chosen events emitted (streamed: None)
+
+
+@dataclass
+class Candidate:
+    """One answer `generate_ranked` sampled but did not play (yet)."""
+
+    answer: Answer
+    tokens: list[int]  # what it put into the cache after the mark: sampled tokens, then the rest and releases to the end
+    prompt: list[int]  # the token history before it (one list, shared by the call's candidates)
+    mean_logprob: float | None  # the model's mean log-probability of its sampled tokens (raw logits)
+    started: float  # on the clock
+    seconds: float  # wall time sampling it
+    rng_state: dict  # the generator's state it started from: `generate` from here plays it again
+    end: tuple  # (encoder, grammar, model_sounding) after it
+
+    @property
+    def events(self) -> list[Event]:
+        return self.answer.events
+
+    @property
+    def notes(self) -> int:
+        return sum(isinstance(e, NoteOn) for e in self.answer.events)
+
+
 class Timeline:
     """Runtime + encoder + grammar for a whole jam; times are timeline beats (>= 0)."""
 
@@ -69,6 +108,9 @@ class Timeline:
         self.marks: list[_Mark] = []
         self.model_sounding: dict[tuple[str, int], float] = {}  # notes the model started, still on -> onset beat
         self.profile = PlayerProfile(beats_per_bar)  # what the player played: what answers follow
+        # what a ranked answer cost last time (generate_ranked plans by it): tokens per beat of
+        # a candidate, and per candidate the time from the last one to the winner played
+        self._cost = {"tokens_per_beat": 32.0, "finish_s": FIRST_FINISH_S}
 
     @property
     def time(self) -> float:
@@ -175,6 +217,111 @@ class Timeline:
                 ans.events.append(ev)
         return offs
 
+    def generate_ranked(
+        self,
+        start: float,
+        end: float,
+        shaper: LogitShaper,
+        rng: np.random.Generator,
+        score: Callable[[list[Candidate]], list[float]],
+        candidates: int,
+        deadline: float,
+        clock: Callable[[], float] | None = None,
+        emit: Callable[[Event], None] = lambda e: None,
+        cancelled: Callable[[], bool] = lambda: False,
+        first_note: bool = True,
+        close: bool = True,
+        mark_every: float = 0.25,
+    ) -> RankedAnswer:
+        """The best of up to `candidates` answers from `start` to `end`, as time allows.
+
+        Each candidate is sampled by `generate` with its events held back, then the stream
+        is rewound to `start` for the next. `deadline` (on `clock`, default
+        `time.perf_counter`) is when the answer must be out: no new candidate starts unless
+        one as long as the longest so far, and scoring, would end by then (scoring and
+        playing cost what they cost last call), and one still sampling when its time is up
+        is dropped. The first is always made: should it still be sampling at the deadline,
+        what it has goes out then and the rest as it is sampled, as `generate` streams
+        (so a deadline already past streams one answer). `score(candidates)` (higher
+        better) picks one; its tokens -- exactly as sampled, not re-encoded from its events
+        (the model's rests come in pieces the encoder would merge) -- go back into the
+        cache, with the encoder, grammar and sounding notes it ended with: the stream is the
+        one a plain `generate` of it leaves. Then its events are emitted in time order.
+
+        Only the mark at `start` survives (a barge-in rewinds there and re-adds what
+        sounded). `first_token_s` is the first candidate's (as `generate`'s: the model's
+        response time); `emitted_s` says when the chosen events went out.
+        """
+        clock = clock or time.perf_counter
+        t0 = clock()
+        if candidates <= 1:
+            ans = self.generate(start, end, shaper, rng, emit, cancelled, first_note, close, mark_every, clock)
+            return RankedAnswer(**vars(ans), sample_s=clock() - t0)
+        cost, beats = self._cost, max(end - start, 1e-9)
+        self.advance_to(start)
+        room = self.rt.make_room(int(2 * cost["tokens_per_beat"] * beats) + 64)  # a slide would void the mark
+        if room is not None:
+            self.logits = room
+        self._mark()
+        base, kept = self.marks[-1], list(self.marks)
+        prompt = list(self.rt.history[0])
+        made: list[Candidate] = []
+        in_cache = None  # which candidate the cache holds (None: none, it is at the mark)
+        while True:
+            first = not made
+            held = _Held(emit if first else None)
+            # the first streams from the deadline on; a later one is dropped when its time is up
+            watch = _Watch(self, cancelled, clock, deadline - (0.0 if first else cost["finish_s"] * (len(made) + 1)),
+                           held.flush if first else None)
+            state, t = rng.bit_generator.state, clock()
+            ans = self.generate(start, end, shaper, rng, emit=held, cancelled=watch, first_note=first_note,
+                                close=close, mark_every=mark_every, clock=clock)
+            self.marks = list(kept)  # its own marks: a rewind to them would re-add from the wrong state
+            if watch.cancel:
+                if held.streaming:  # what went out stays, as when `generate` is cancelled
+                    return RankedAnswer(**vars(ans), sample_s=clock() - t0)
+                self._restore(base)
+                return RankedAnswer(cancelled=True, made=len(made), sample_s=clock() - t0)
+            if ans.cancelled:  # a later candidate out of time
+                self._restore(base)
+                in_cache = None
+                break
+            slid = self.rt.slides != base.runtime[0]
+            made.append(Candidate(ans, list(self.rt.history[0][len(prompt):]) if not slid else [], prompt,
+                                  watch.mean(len(prompt), ans.tokens), t, clock() - t, state,
+                                  (self.encoder, self.grammar, self.model_sounding)))
+            in_cache = len(made) - 1
+            if held.streaming:  # the first, out of time: it went out as it came
+                return RankedAnswer(**vars(ans), sample_s=clock() - t0)
+            longest = max(c.seconds for c in made)
+            if slid or len(made) >= candidates or clock() + longest + cost["finish_s"] * (len(made) + 1) > deadline:
+                break  # (the window slid under it: no way back, it plays)
+            self._restore(base)
+        t_score = clock()
+        scores = [float(x) for x in score(made)] if len(made) > 1 and not slid else []
+        t_play = clock()
+        best = int(np.argmax(scores)) if scores else (in_cache if in_cache is not None else 0)
+        win = made[best]
+        if cancelled():
+            self._restore(base)
+            return RankedAnswer(cancelled=True, made=len(made), scores=scores, sample_s=t_score - t0,
+                                score_s=t_play - t_score)
+        if best != in_cache:  # put the winner's tokens into the cache instead
+            self._restore(base)
+            if win.tokens:
+                self.logits = self.rt.append(win.tokens)
+            self.encoder, self.grammar, self.model_sounding = win.end
+        reply = made[0].answer.first_token_s
+        out = RankedAnswer(events=win.answer.events, tokens=win.answer.tokens,
+                           first_token_s=None if reply is None else made[0].started - t0 + reply, chosen=best,
+                           made=len(made), scores=scores, sample_s=t_score - t0, score_s=t_play - t_score,
+                           emitted_s=clock() - t0)
+        for ev in win.answer.events:
+            emit(ev)
+        cost.update(finish_s=(clock() - t_score) / len(made),
+                    tokens_per_beat=max(len(c.tokens) for c in made) / beats or cost["tokens_per_beat"])
+        return out
+
     def _model_event(self, ev: Event, ans: Answer, emit: Callable[[Event], None]) -> None:
         self.encoder.add(ev)  # keeps the encoder's clock and sounding set in step (tokens already in)
         self._track_model(ev)
@@ -215,13 +362,19 @@ class Timeline:
         if not self.marks:
             return None
         m = self.marks[-1]
-        if not self.rt.rewind(m.runtime):
+        if not self._restore(m):
             self.marks.clear()
             return None
-        self.encoder, self.grammar, self.logits = _copy_encoder(m.encoder), m.grammar.copy(), m.logits.copy()
-        self.model_sounding = dict(m.model_sounding)
         self.marks.pop()
         return m.beat
+
+    def _restore(self, m: _Mark) -> bool:
+        """Cache, encoder, grammar and sounding notes back to mark `m` (False: the window slid since)."""
+        if not self.rt.rewind(m.runtime):
+            return False
+        self.encoder, self.grammar, self.logits = _copy_encoder(m.encoder), m.grammar.copy(), m.logits.copy()
+        self.model_sounding = dict(m.model_sounding)
+        return True
 
 
 def _copy_encoder(enc: StreamEncoder) -> StreamEncoder:
@@ -229,3 +382,66 @@ def _copy_encoder(enc: StreamEncoder) -> StreamEncoder:
     not the ~5 ms of copying the vocabulary's arrays."""
     return copy.deepcopy(enc, {id(enc.vocab): enc.vocab, id(enc.cfg): enc.cfg})
 
+
+class _Held:
+    """`emit` for a candidate: its events held back, or -- once `flush`ed -- sent as they come."""
+
+    def __init__(self, emit: Callable[[Event], None] | None):
+        self.emit, self.events, self.streaming = emit, [], False
+
+    def __call__(self, ev: Event) -> None:
+        if self.streaming:
+            self.emit(ev)
+        else:
+            self.events.append(ev)
+
+    def flush(self) -> None:
+        self.streaming = True
+        for ev in self.events:
+            self.emit(ev)
+        self.events = []
+
+
+class _Watch:
+    """`cancelled` for one candidate's `generate`, which asks it before each sampling step --
+    when the timeline's logits are the ones the next token is drawn from. Besides the
+    caller's cancel (`cancel`) it watches the candidate's time: past `late_at` it calls
+    `on_late` once (the first candidate starts streaming) or, without one, stops it
+    (`late`). And it reads the log-probability of the token sampled since the last call:
+    the model's own likelihood of the candidate, at no extra model call (~20 us a token)."""
+
+    def __init__(self, tl: Timeline, cancelled: Callable[[], bool], clock: Callable[[], float], late_at: float,
+                 on_late: Callable[[], None] | None):
+        self.tl, self.cancelled, self.clock, self.late_at, self.on_late = tl, cancelled, clock, late_at, on_late
+        self.cancel = self.late = False
+        self.n = -1  # history length at the last call
+        self.logits: np.ndarray | None = None
+        self.total, self.count = 0.0, 0
+
+    def __call__(self) -> bool:
+        hist = self.tl.rt.history[0]
+        self._score(hist, len(hist))
+        self.n, self.logits = len(hist), self.tl.logits[0].copy()
+        if self.cancelled():
+            self.cancel = True
+            return True
+        if not self.late and self.clock() > self.late_at:
+            self.late = True
+            if self.on_late is None:
+                return True
+            self.on_late()
+        return False
+
+    def _score(self, hist: list[int], n: int) -> None:
+        if self.logits is not None and n == self.n + 1:  # exactly one token since: the one drawn from them
+            x = self.logits.astype(np.float64)
+            m = x.max()
+            self.total += float(x[hist[n - 1]] - m - np.log(np.exp(x - m).sum()))
+            self.count += 1
+
+    def mean(self, n0: int, sampled: int) -> float | None:
+        """The mean over the `sampled` tokens after history position `n0` (the last one too:
+        `generate` may stop right after stepping it, without asking again)."""
+        if self.n == n0 + sampled - 1:
+            self._score(self.tl.rt.history[0], n0 + sampled)
+        return self.total / self.count if self.count else None

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
-from musebridge.bridge.timeline import Timeline
+from musebridge.bridge.timeline import FIRST_FINISH_S, Timeline
 from musebridge.engine.events import NoteOff, NoteOn
 from musebridge.engine.sampling import LogitShaper, SamplingControls
+
+from conftest import save_tiny_model
 
 torch = pytest.importorskip("torch")
 
@@ -75,3 +79,236 @@ def test_rewind_then_readd_keeps_the_cache_exact(runtime):
     assert runtime.position == len(runtime.history[0])
     live = tl.logits.copy()
     np.testing.assert_allclose(live, runtime.prefill(list(runtime.history[0])), atol=1e-4)
+
+
+# --- best of N: candidates sampled before the bar line, the best one played -------------------
+def ranked(runtime, score, candidates=4, deadline=math.inf, seed=7, **kw):
+    """A phrase, then a ranked one-bar answer on the next bar; (timeline, answer, the candidates
+    `score` saw, the events emitted, the history length at each emit)."""
+    tl = Timeline(runtime, "pop", ["piano"])
+    tl.add(phrase())
+    seen, played, at = [], [], []
+
+    def scorer(cands):
+        seen[:] = cands
+        return score(cands)
+
+    def emit(ev):
+        played.append(ev)
+        at.append(len(runtime.history[0]))
+
+    ans = tl.generate_ranked(4.0, 8.0, LogitShaper(runtime.vocab, SamplingControls(seed=seed)), np.random.default_rng(seed),
+                             scorer, candidates, deadline, emit=emit, **kw)
+    return tl, ans, seen, played, at
+
+
+def direct(runtime, rng, seed=7):
+    """The same phrase and answer by a plain `generate` from `rng`."""
+    tl = Timeline(runtime, "pop", ["piano"])
+    tl.add(phrase())
+    ans = tl.generate(4.0, 8.0, LogitShaper(runtime.vocab, SamplingControls(seed=seed)), rng)
+    return tl, ans
+
+
+SCORES = {"most notes": lambda cs: [c.notes for c in cs],
+          "first": lambda cs: [-i for i in range(len(cs))],  # the cache holds the last: the winner's tokens go back
+          "last": lambda cs: list(range(len(cs)))}  # the cache holds it already
+
+
+@pytest.mark.parametrize("pick", list(SCORES))
+def test_a_ranked_answer_plays_the_best_candidate_and_leaves_the_stream_as_its_own_generate(runtime, pick):
+    score = SCORES[pick]
+    tl, ans, seen, played, at = ranked(runtime, score)
+    assert ans.made == len(seen) == 4 and not ans.cancelled
+    assert len({tuple(c.tokens) for c in seen}) == 4  # four different answers, or choosing shows nothing
+    assert ans.scores == score(seen) and ans.chosen == int(np.argmax(ans.scores))
+    win = seen[ans.chosen]
+    if pick == "most notes":
+        assert win.notes == max(c.notes for c in seen)
+    assert played == win.events == ans.events and ans.tokens == win.answer.tokens
+    assert [e.time for e in played] == sorted(e.time for e in played)
+    assert min(at) == max(at) == len(runtime.history[0])  # nothing was emitted before the winner was in the stream
+    hist, logits, enc, gram, sounding = list(runtime.history[0]), tl.logits.copy(), tl.encoder, tl.grammar, tl.model_sounding
+    assert len(tl.marks) == 1 and tl.marks[0].beat == 4.0  # only the answer's start: a barge-in re-adds from there
+
+    rng = np.random.default_rng()
+    rng.bit_generator.state = win.rng_state
+    ref, ref_ans = direct(runtime, rng)  # the winner as a plain generate makes it
+    assert ref_ans.events == win.events
+    assert runtime.history[0] == hist  # the same tokens, as sampled (re-encoding its events would merge its rests)
+    np.testing.assert_allclose(logits, ref.logits, atol=1e-4)
+    assert (enc.tick, enc._sounding, enc._pending_offs, enc._pedal) == \
+        (ref.encoder.tick, ref.encoder._sounding, ref.encoder._pending_offs, ref.encoder._pedal)
+    np.testing.assert_array_equal(gram.mask, ref.grammar.mask)
+    assert sounding == ref.model_sounding == {}
+    np.testing.assert_allclose(logits, runtime.prefill(hist), atol=1e-4)
+
+
+@pytest.mark.parametrize("candidates,deadline", [(4, -math.inf), (1, math.inf)])
+def test_no_time_or_one_candidate_streams_one_answer_exactly_as_generate(runtime, candidates, deadline):
+    """A deadline already past (or candidates=1): one answer, emitted as it is sampled, the
+    very answer `generate` makes; nothing is scored."""
+    _, ans, seen, played, at = ranked(runtime, lambda cs: pytest.fail("scored a single answer"), candidates, deadline)
+    assert ans.made == 1 and ans.scores == [] and not seen
+    hist = list(runtime.history[0])
+    assert min(at) < len(hist)  # streamed: the first notes went out before the answer was finished
+    _, ref_ans = direct(runtime, np.random.default_rng(7))
+    assert played == ans.events == ref_ans.events
+    assert runtime.history[0] == hist
+
+
+class StepClock:
+    """A clock that moves 10 ms a sampling step (`generate` asks `cancelled` once a step) and
+    at no other time: candidate times are their lengths, whatever the machine's load."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def step(self) -> bool:
+        self.steps += 1
+        return False
+
+    def __call__(self) -> float:
+        return self.steps * 0.01
+
+
+def test_no_candidate_starts_that_would_end_past_the_deadline(runtime):
+    """Every candidate after the first starts only when one as long as the longest so far
+    (and scoring them) still ends by the deadline; the ranking stops at the first that would not."""
+    clock = StepClock()
+    _, ans, seen, played, _ = ranked(runtime, lambda cs: [0.0] * len(cs), candidates=8, deadline=2.0, clock=clock,
+                                      cancelled=clock.step)
+    secs = [c.seconds for c in seen]
+    assert 2 <= ans.made == len(seen) < 8, secs
+    for k in range(1, len(secs)):  # candidate k started at sum(secs[:k])
+        assert seen[k].started == pytest.approx(sum(secs[:k]), abs=0.011)
+        assert sum(secs[:k]) + max(secs[:k]) + FIRST_FINISH_S * (k + 1) <= 2.0
+    assert sum(secs) + max(secs) + FIRST_FINISH_S * (len(secs) + 1) > 2.0
+    assert played == seen[ans.chosen].events
+
+
+def test_a_first_candidate_still_sampling_at_the_deadline_goes_out_from_then_on(runtime):
+    clock = StepClock()
+    tl, ans, _, played, at = ranked(runtime, lambda cs: pytest.fail("one answer: nothing to rank"), candidates=4,
+                                       deadline=0.2, clock=clock, cancelled=clock.step)
+    n0 = tl.marks[0].runtime[2][0]  # the history at the answer's start
+    hist = list(runtime.history[0])
+    assert ans.made == 1 and ans.tokens > 30  # so the deadline (20 steps) fell inside it
+    assert at[0] == n0 + 20 and max(at) > at[0]  # held until the deadline, then out as sampled
+    _, ref_ans = direct(runtime, np.random.default_rng(7))
+    assert played == ans.events == ref_ans.events and runtime.history[0] == hist
+
+
+def test_a_later_candidate_out_of_time_is_dropped_and_the_one_before_plays(runtime):
+    """Candidate 2 may start (one as long as the first would fit) but runs longer: at its
+    time it stops, the stream goes back, and the first one plays, put back exactly."""
+    for seed in range(7, 30):  # a seed whose second answer is well longer than its first
+        clock = StepClock()
+        _, _, dry, _, _ = ranked(runtime, lambda cs: [0.0] * len(cs), candidates=2, seed=seed, clock=clock,
+                                 cancelled=clock.step)
+        s1, s2 = dry[0].seconds, dry[1].seconds
+        if s2 > s1 + 3 * FIRST_FINISH_S + 0.05:
+            break
+    else:
+        pytest.fail("no seed with a long second answer")
+    clock = StepClock()
+    deadline = 2 * s1 + 3 * FIRST_FINISH_S + 0.005  # room for a second as long as the first, not for this one
+    tl, ans, _, played, _ = ranked(runtime, lambda cs: pytest.fail("one answer: nothing to rank"), candidates=4,
+                                      deadline=deadline, seed=seed, clock=clock, cancelled=clock.step)
+    assert ans.made == 1 and played == dry[0].events
+    assert ans.sample_s <= deadline - 2 * FIRST_FINISH_S + 0.011  # stopped at its time: room left to play the first
+    hist, logits = list(runtime.history[0]), tl.logits.copy()
+    ref, _ = direct(runtime, np.random.default_rng(seed), seed=seed)
+    assert runtime.history[0] == hist
+    np.testing.assert_allclose(logits, ref.logits, atol=1e-4)
+
+
+def test_a_cancel_while_ranking_plays_nothing_and_leaves_the_stream_at_the_answers_start(runtime):
+    tl = Timeline(runtime, "pop", ["piano"])
+    tl.add(phrase())
+    tl.advance_to(4.0)
+    before, logits = list(runtime.history[0]), tl.logits.copy()
+    steps = [0]
+
+    def barge():
+        steps[0] += 1
+        return steps[0] > 150  # a one-bar answer is ~50-90 steps: this is the second or third candidate
+
+    played = []
+    ans = tl.generate_ranked(4.0, 8.0, LogitShaper(runtime.vocab, SamplingControls(seed=3)), np.random.default_rng(3),
+                             lambda cs: pytest.fail("scored a cancelled answer"), 8, math.inf, emit=played.append,
+                             cancelled=barge)
+    assert ans.cancelled and ans.made >= 2 and not ans.events and not played
+    assert runtime.history[0] == before and tl.time == 4.0 and not tl.model_sounding
+    np.testing.assert_array_equal(tl.logits, logits)
+
+
+def test_a_candidates_mean_logprob_is_the_models_likelihood_of_its_sampled_tokens(runtime):
+    from musebridge.bridge.ranking import LIKELIHOOD
+
+    _, ans, seen, _, _ = ranked(runtime, LIKELIHOOD.score, candidates=3)
+    assert ans.scores == [c.mean_logprob for c in seen] and ans.chosen == int(np.argmax(ans.scores))
+    for c in seen:  # teacher-forced: the prompt, then its sampled tokens one by one
+        logits, lps = runtime.prefill(c.prompt), []
+        for tok in c.tokens[: c.answer.tokens]:
+            x = logits[0].astype(np.float64)
+            lps.append(x[tok] - x.max() - np.log(np.exp(x - x.max()).sum()))
+            logits = runtime.step([tok])
+        assert c.mean_logprob == pytest.approx(float(np.mean(lps)), abs=1e-4)
+
+
+def test_the_shipped_critic_ranks_the_candidates_after_the_jams_recent_tokens(runtime, tmp_path):
+    from musebridge.bridge.ranking import LIKELIHOOD, open_ranker
+    from musebridge.engine.checkpoint import DEFAULT_MODEL
+    from musebridge.engine.critic_score import open_critic
+
+    ranker = open_ranker(None, runtime.vocab)
+    assert ranker.by == "critic"
+    _, ans, seen, played, _ = ranked(runtime, ranker.score, candidates=3)
+    critic = open_critic(DEFAULT_MODEL / "critic", 1)
+    expect = critic.p_real([c.prompt + c.tokens for c in seen])  # what it reads: the stream so far, then the answer
+    np.testing.assert_allclose(ans.scores, expect, atol=1e-6)
+    assert len(set(ans.scores)) == 3 and all(0 < s < 1 for s in ans.scores)
+    assert ans.chosen == int(np.argmax(expect)) and played == seen[ans.chosen].events
+    assert open_ranker(tmp_path, runtime.vocab) is LIKELIHOOD  # a model folder without critic/
+
+
+def test_ranking_near_the_end_of_the_context_slides_first_and_still_ranks(tmp_path):
+    """`generate_ranked` makes room before it marks: a window sliding under a candidate
+    would leave nothing to rewind to (one candidate, played as it came)."""
+    from musebridge.engine.checkpoint import load_model
+    from musebridge.engine.torch_runtime import TorchRuntime
+
+    # a random model: its answers are 10-150 tokens, whatever their length; a slide keeps 1536 of 2048
+    model, vocab, _ = load_model(save_tiny_model(tmp_path, context=2048))
+    shaper = LogitShaper(vocab, SamplingControls(seed=1))
+    made = {}
+    for room in (True, False):
+        rt = TorchRuntime(model, vocab)
+        if not room:
+            rt.make_room = lambda n: None
+        tl = Timeline(rt, None, ["piano"])
+        tl.add([NoteOn(0.0, "piano", 60, 90), NoteOff(0.25, "piano", 60)])
+        tl.generate_ranked(1.0, 1.5, shaper, np.random.default_rng(0), lambda cs: [0.0] * len(cs), 2, math.inf)
+        notes, t = [], 2.0
+        while len(notes) < rt.context - 20 - rt.position:  # the player fills the context to near its end
+            notes += [NoteOn(t, "piano", 60 + int(t * 2) % 12, 90), NoteOff(t + 0.25, "piano", 60 + int(t * 2) % 12)]
+            t += 0.5
+        tl.add(notes)
+        while rt.position < rt.context - 8:
+            tl.add([NoteOn(t, "piano", 62, 90), NoteOff(t + 0.25, "piano", 62)])
+            t += 0.5
+        slides, start = rt.slides, math.ceil(t) + 1
+        ans = tl.generate_ranked(start, start + 0.5, shaper, np.random.default_rng(1),
+                                 lambda cs: [len(c.tokens) for c in cs], 3, math.inf)
+        made[room] = ans.made
+        if room:
+            assert rt.slides == slides + 1  # once, before the mark
+            # the cache is what the kept tokens and their feature rows give when run from scratch
+            fresh = TorchRuntime(model, vocab)
+            hist, feats = np.array([rt.history[0]]), np.array([np.stack(rt.feature_history[0])])
+            logits = None
+            for s in range(0, hist.shape[1], 512):
+                logits = fresh._run(hist[:, s : s + 512], feats[:, s : s + 512], s)
+            np.testing.assert_allclose(tl.logits, logits, atol=1e-4)
+    assert made == {True: 3, False: 1}
