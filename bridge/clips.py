@@ -87,4 +87,5 @@ def clip_from_answer(rec: dict, beats_per_bar: int, prompt: Piece | None = None,
     return Clip(label=f"#{rec.get('tag')}", piece=piece, bars=rec.get("bars", 2.0), bpm=rec.get("bpm", 120.0),
                 beats_per_bar=beats_per_bar, controls=dict(rec.get("controls") or {}), style=rec.get("style"),
                 source="answer", start=rec.get("start"), prompt=prompt, model=model,
-                cancelled=bool(rec.get("cancelled", False)))
+                cancelled=bool(rec.get("cancelled", False)),
+                critic=rec.get("score") if rec.get("score_by") == "critic" else None)

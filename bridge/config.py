@@ -43,6 +43,10 @@ class JamConfig:
     late_ms: float = 30.0  # a note later than this is dropped, never bunched
     program_changes: bool = True
     echo_guard_ms: float = 50.0
+    # answers (call and response, one-shot): sample up to this many before the answer's bar line, time allowing,
+    # and play the one the model folder's critic likes best (opened by start() when this is > 1; without one,
+    # or set above 1 later, by the model's own likelihood); 1: play the first as it is sampled
+    candidates: int = 1
 
     def validate(self) -> "JamConfig":
         def bad(name: str, value, want: str) -> ControlError:
@@ -80,6 +84,8 @@ class JamConfig:
             raise bad("max note length", self.max_note_beats, "use up to 64 beats")
         if (self.latency_ms is not None and not 0 <= self.latency_ms <= 200) or not 1 <= self.late_ms <= 1000:
             raise bad("latency/late", (self.latency_ms, self.late_ms), "latency 0..200 ms, late 1..1000 ms")
+        if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or not 1 <= self.candidates <= 8:
+            raise bad("candidates", self.candidates, "use a whole number from 1 (no ranking) to 8")
         return self
 
     def to_dict(self) -> dict:

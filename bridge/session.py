@@ -36,6 +36,7 @@ from musebridge.errors import MuseBridgeError
 from .cc_map import CCMap
 from .clock import ClockFollower, InternalClock
 from .config import MODES, JamConfig
+from .ranking import LIKELIHOOD, open_ranker
 from .safety import DropCounters
 from .scheduler import Scheduled, Scheduler
 from .timeline import Timeline
@@ -86,6 +87,7 @@ class JamSession:
         self.cfg = config.validate()
         self.ccmap = ccmap if ccmap is not None else CCMap()
         self._runtime = runtime
+        self._ranker = None  # how candidate answers are ranked (opened with the runtime when candidates > 1)
         self.listeners: list[Listener] = [listener] if listener else []
         self._use_ports = ports
         self.inp = self.out = None
@@ -155,6 +157,8 @@ class JamSession:
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
         if self._runtime is None:
             self._runtime = open_runtime(self.cfg.model, self.cfg.backend)
+        if self.cfg.candidates > 1 and self._ranker is None:  # the critic: opened now, not at a phrase end
+            self._ranker = open_ranker(self.cfg.model, self._runtime.vocab, threads=1)
         if self._use_ports:
             from .ports import MidiInput, MidiOutput
 
@@ -634,9 +638,19 @@ class JamSession:
         self.emit("phrase_end", start_beat=start + self.origin, bars=self.cfg.bars)
         self._cancel.clear()
         t_gen = time.perf_counter()
-        ans = self.timeline.generate(start, end, self._current_shaper(), self._rng, emit=self._schedule_model,
-                                     cancelled=self._halted)
-        self._measure(ans, time.perf_counter() - t_gen, end - start)
+        if self.cfg.candidates > 1:  # rank what fits before the start (less what the first note needs)
+            ranker = self._ranker or LIKELIHOOD
+            deadline = self._time_at(start - margin) - self.scheduler.latency_s
+            ans = self.timeline.generate_ranked(start, end, self._current_shaper(), self._rng, ranker.score,
+                                                self.cfg.candidates, deadline, emit=self._schedule_model,
+                                                cancelled=self._halted)
+            self._answer["ranking"] = {"candidates": ans.made, "score_by": ranker.by,
+                                       "score": round(ans.scores[ans.chosen], 4) if ans.scores else None}
+            self._measure(ans, ans.sample_s / max(ans.made, 1), end - start)
+        else:
+            ans = self.timeline.generate(start, end, self._current_shaper(), self._rng, emit=self._schedule_model,
+                                         cancelled=self._halted)
+            self._measure(ans, time.perf_counter() - t_gen, end - start)
         if ans.first_token_s is not None:
             self.latencies["first_token_ms"].append((t_gen - t_end + ans.first_token_s) * 1000.0)
         self._answer["tokens"] = ans.tokens
@@ -659,11 +673,11 @@ class JamSession:
         if notes or not cancelled:  # a cancelled answer that never sounded leaves no take
             clip = {"tag": a["tag"], "start": a["start"] + self.origin, "bars": self.cfg.bars,
                     "bpm": round(self.clock.bpm, 3), "events": events, "controls": a["controls"],
-                    "style": self.cfg.style, "cancelled": cancelled}
+                    "style": self.cfg.style, "cancelled": cancelled, **a.get("ranking", {})}
             self.history.append(clip)
             if len(self.history) > 200:
                 del self.history[:100]
-        self.emit("answer_end", tag=a["tag"], notes=notes, cancelled=cancelled)
+        self.emit("answer_end", tag=a["tag"], notes=notes, cancelled=cancelled, **a.get("ranking", {}))
 
     @staticmethod
     def _played_part(a: dict, cut: float) -> list[Event]:

@@ -38,6 +38,8 @@ from .options import Checked, decoding_options, duration_seconds
 @click.option("--trigger-cc", type=int, default=None, help="A CC (value >= 64) that ends the phrase / fires one-shot.")
 @click.option("--answer-on", type=click.Choice(["bar", "beat"]), default="bar", show_default=True)
 @click.option("--lookahead", type=float, default=1.0, show_default=True, help="accompany: beats committed ahead.")
+@click.option("--candidates", type=int, default=1, show_default=True,
+              help="Rank up to N answers by the critic when there is time before the bar line.")
 @click.option("--latency-ms", type=float, default=None,
               help="Send this much early (output latency; default: estimated from the MIDI clock's arrival spread).")
 @click.option("--log-json", is_flag=True, help="One JSON object per line on stdout (ready, phrase_end, answer_start, ...).")
@@ -47,8 +49,8 @@ from .options import Checked, decoding_options, duration_seconds
               help="Write every answer to this folder as a .mid (with its seed and settings).")
 @decoding_options
 def jam(in_port, out_port, api, mode, bars, bpm, beats_per_bar, clock, backend, model_dir, style, strengths, decoding,
-        seed, channel, in_family, quantize, silence, trigger_note, trigger_cc, answer_on, lookahead, latency_ms,
-        log_json, duration, save_dir) -> None:
+        seed, channel, in_family, quantize, silence, trigger_note, trigger_cc, answer_on, lookahead, candidates,
+        latency_ms, log_json, duration, save_dir) -> None:
     """Play along with the model on MIDI ports, following the DAW's clock."""
     from musebridge.bridge.config import JamConfig
     from musebridge.bridge.session import JamSession, json_listener
@@ -66,7 +68,7 @@ def jam(in_port, out_port, api, mode, bars, bpm, beats_per_bar, clock, backend, 
                     controls=SamplingControls(**decoding, seed=seed, strengths=parsed),
                     in_channel=channel, in_family=in_family, quantize=quantize, silence_beats=silence,
                     trigger_note=trigger_note, trigger_cc=trigger_cc, answer_on=answer_on, lookahead_beats=lookahead,
-                    latency_ms=latency_ms)
+                    latency_ms=latency_ms, candidates=candidates)
     listener = json_listener(sys.stdout) if log_json else _human_listener
     if save_dir:
         listener = _saving(listener, Path(save_dir), lambda: session, beats_per_bar, model_dir, log_json)

@@ -376,3 +376,38 @@ def test_a_stray_start_without_a_clock_does_not_swallow_the_answer(runtime_facto
             s.stop()
             daw.close()
     assert heard, f"no answer after stray transport {[bytes(m).hex() for m in stray]}"
+
+
+def test_a_ranked_answer_plays_the_critics_pick_on_the_bar(runtime_factory):
+    """--candidates 4 without ports: a phrase just after a bar line leaves most of a bar (4 s
+    at 60 BPM) to the next one: several candidates are made and ranked by the shipped critic,
+    the pick starts on the bar line, on time, and its record says how it was chosen."""
+    from musebridge.bridge.clips import clip_from_answer
+
+    cfg = JamConfig(mode="call", bars=0.5, bpm=60, candidates=4, silence_beats=8,
+                    controls=SamplingControls(seed=2, strengths={"drums": 0.0}))
+    events: list[dict] = []
+    s = JamSession(cfg, runtime=runtime_factory(), listener=events.append, ports=False)
+    s.start()
+    try:
+        assert wait_until(lambda: 0.05 < (s.playhead() - s.origin) % 4 < 0.5, 5)  # just after a bar line
+        for p in (60, 64):
+            s._on_midi(bytes([0x90, p, 100]), time.perf_counter())
+            time.sleep(0.05)
+            s._on_midi(bytes([0x80, p, 0]), time.perf_counter())
+        s.trigger()
+        assert wait_until(lambda: any(e["event"] == "answer_end" for e in events), 10)
+    finally:
+        s.stop()
+    assert s.error is None, s.error
+    end = next(e for e in events if e["event"] == "answer_end")
+    phrase = next(e for e in events if e["event"] == "phrase_end")
+    started = next(e for e in events if e["event"] == "answer_start")
+    assert end["candidates"] >= 2 and end["score_by"] == "critic" and 0 < end["score"] < 1, end
+    assert not end["cancelled"] and end["notes"] > 0
+    assert abs(started["error_ms"]) < cfg.late_ms  # on time: sent, not dropped as late
+    rec = s.history[-1]
+    assert (rec["candidates"], rec["score"], rec["score_by"]) == (end["candidates"], end["score"], "critic")
+    first = min(e.time for e in rec["events"])
+    assert first + s.origin == pytest.approx(phrase["start_beat"])  # on the bar line it announced
+    assert clip_from_answer(rec, 4).critic == end["score"]

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from conftest import write_test_midi
 
 
@@ -103,3 +105,17 @@ def test_jam_save_writes_each_finished_answer_with_its_settings(tmp_path):
                                                                                      ("piano", 60, 0.0, 1.0)]
     meta = read_metadata(files[0])
     assert meta["seed"] == 11 and meta["style"] == "pop" and meta["strengths"] == {"drums": 0.0}
+
+
+def test_jam_candidates_out_of_range_is_one_line_before_any_port_opens():
+    from musebridge.bridge.config import JamConfig
+    from musebridge.engine.sampling import ControlError
+
+    for bad in ("0", "9"):
+        r = run("jam", "--candidates", bad, "--duration", "0.1")
+        assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().splitlines()[-1] == f"error: candidates {bad} is invalid: use a whole number from 1 (no ranking) to 8"
+    for bad in (2.5, True):  # saved settings: only a whole number
+        with pytest.raises(ControlError, match="candidates"):
+            JamConfig(candidates=bad).validate()
+    assert JamConfig(candidates=8).validate().candidates == 8
