@@ -184,6 +184,7 @@ class Timeline:
                 ans.cancelled = True
                 break
             if row.tick / self.tpb >= next_mark:
+                self.encoder.advance(row.tick)  # rests sampled since the last event: a mark is at the stream's time
                 self._mark()
                 next_mark += mark_every
             tok = row.sample(self.logits[0], self._no_end if sampled_note else self._no_wait)

@@ -312,3 +312,18 @@ def test_ranking_near_the_end_of_the_context_slides_first_and_still_ranks(tmp_pa
                 logits = fresh._run(hist[:, s : s + 512], feats[:, s : s + 512], s)
             np.testing.assert_allclose(tl.logits, logits, atol=1e-4)
     assert made == {True: 3, False: 1}
+
+
+def test_marks_taken_while_answering_are_at_the_streams_own_time(runtime):
+    """A mark after rests the model sampled (with no event yet) must record the stream's time,
+    not the encoder's last event: a rewind there would otherwise hear the player late."""
+    from musebridge.engine.tokenizer import StreamDecoder
+
+    tl = Timeline(runtime, "pop", ["piano"])
+    tl.add(phrase())
+    tl.generate(4.0, 12.0, LogitShaper(runtime.vocab, SamplingControls(seed=5)), np.random.default_rng(5), close=False)
+    assert len(tl.marks) > 10
+    for m in tl.marks:
+        dec = StreamDecoder(runtime.vocab)
+        dec.feed_many(runtime.history[0][: m.runtime[2][0]])
+        assert dec.time == pytest.approx(m.beat), "a mark lags the stream"
