@@ -18,6 +18,7 @@ class SessionEventsMixin:
             self.error = ""
         elif ev == "error":
             self.show_error(rec.get("message", "error"))
+            self._live_region = None
         elif ev == "phrase_end":
             bpb = self.session.cfg.beats_per_bar
             start = float(rec.get("start_beat", 0.0))
@@ -25,8 +26,12 @@ class SessionEventsMixin:
         elif ev == "answer_end":
             self._live_region = None
             self.sync_history()
-        elif ev in ("panic", "stopped", "error", "transport"):
+        elif ev in ("panic", "stopped", "transport"):  # no answer plays on now
             self._live_region = None
+            if ev == "transport":
+                self.statusBar().showMessage(f"DAW transport: {rec.get('status')}", 3000)
+            elif ev == "stopped":
+                self._frozen_playhead = self._playhead_now
         elif ev == "mode":
             self._show_mode(rec.get("mode", self.session.mode))
         elif ev == "control":
@@ -34,10 +39,6 @@ class SessionEventsMixin:
         elif ev == "midi_learn":
             self._show_ccs()
             self.statusBar().showMessage(f"learned: CC {rec.get('cc')} → {rec.get('control')}", 5000)
-        elif ev == "transport":
-            self.statusBar().showMessage(f"DAW transport: {rec.get('status')}", 3000)
-        elif ev == "stopped":
-            self._frozen_playhead = self._playhead_now
         self._show_running()
         self._status()
 

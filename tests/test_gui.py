@@ -464,3 +464,15 @@ def test_a_knob_on_the_jams_real_input_moves_a_follow_fader(jack_server, qtbot, 
         knob.delete()
         win.close()
     assert not host.running
+
+
+def test_transport_and_stop_events_reach_the_window(make_window, monkeypatch):
+    """A DAW's transport shows in the status bar and a stop freezes the playhead where it was
+    (both branches were once unreachable behind the branch that clears the live region)."""
+    win = make_window()
+    win._live_region = (4.0, 12.0, "playing")
+    win._on_event({"event": "transport", "status": "stop"})
+    assert win._live_region is None and "DAW transport: stop" in win.statusBar().currentMessage()
+    monkeypatch.setattr(type(win), "_playhead_now", property(lambda self: 7.5))
+    win._on_event({"event": "stopped"})
+    assert win._frozen_playhead == 7.5
