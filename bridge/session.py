@@ -616,6 +616,8 @@ class JamSession:
             return
         if now - self._last_input_beat >= self.cfg.silence_beats:
             self._answer_now(time.perf_counter(), on=self.cfg.answer_on)
+        elif now - self._last_input_beat >= self.cfg.silence_beats / 2:
+            self.timeline.listen_ahead(now)  # the phrase is ending: hear it before the answer is due
 
     def _answer_now(self, t_end: float, on: str) -> None:
         """The phrase ended at perf time t_end: answer from the next bar (or beat) line."""

@@ -129,6 +129,11 @@ class Timeline:
                 self.profile.observe(ev)
         return self._append(toks)
 
+    def listen_ahead(self, beat: float) -> None:
+        """Read what the player played (key, grid, holds) now, during the silence that ends
+        their phrase, so the answer's first token does not wait for it (about 1 ms)."""
+        self.profile.heard(beat)
+
     def advance_to(self, beat: float) -> int:
         """Let time pass (a rest) up to `beat`; returns tokens added."""
         return self._append(self.encoder.advance(max(self.encoder.tick, round(beat * self.tpb))))

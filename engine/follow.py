@@ -71,6 +71,7 @@ class PlayerProfile:
         self.beats_per_bar = float(beats_per_bar)
         self.notes: list[Note] = []
         self._open: dict[tuple[str, int], tuple[float, int]] = {}
+        self._cache: tuple[int, float, float, Heard] | None = None  # (notes seen, from, until, heard)
 
     @classmethod
     def of_piece(cls, piece: Piece, beats_per_bar: float = 4.0) -> "PlayerProfile":
@@ -80,6 +81,7 @@ class PlayerProfile:
 
     def observe(self, ev: Event) -> None:
         """One event the player played (NoteOn / NoteOff; anything else is ignored)."""
+        self._cache = None
         key = (getattr(ev, "family", None), getattr(ev, "pitch", None))
         if isinstance(ev, NoteOn):
             self._close(key, ev.time)
@@ -115,7 +117,21 @@ class PlayerProfile:
         return out
 
     def heard(self, now: float) -> Heard:
+        """What the window before `now` holds. Between the player's notes it changes only when
+        a note leaves the window, so the jam reads it during the phrase-ending silence
+        (`Timeline.listen_ahead`) and the answer's first token finds it ready."""
+        c = self._cache
+        if c is not None and c[0] == len(self.notes) and not self._open and c[1] <= now < c[2]:
+            return c[3]
+        lo = now - self.window
         notes = self.recent(now)
+        heard = self._hear(notes, lo)
+        if not self._open:  # the same until a note's start or end leaves the window
+            edges = [n.end for n in notes] + [n.start for n in notes if n.start >= lo]
+            self._cache = (len(self.notes), now, min(edges, default=math.inf) + self.window, heard)
+        return heard
+
+    def _hear(self, notes: list[Note], lo: float) -> Heard:
         bar = self.beats_per_bar
         if not notes:
             return Heard(None, None, default_hold=bar)
@@ -124,8 +140,10 @@ class PlayerProfile:
         if pcp.any():
             key = estimate_key(notes)
             key_pcs = frozenset(key.scale) | frozenset(int(pc) for pc in np.nonzero(pcp >= KEY_PLAYED_SHARE)[0])
-        span = max(now - max(now - self.window, min(n.start for n in notes)), 1.0)
-        density = sum(n.start >= now - self.window for n in notes) / span
+        # onsets per beat while they play: from the window's first onset to their last note's end
+        onsets = [n.start for n in notes if n.start >= lo]
+        span = max(max(n.end for n in notes) - min(onsets, default=lo), 1.0)
+        density = len(onsets) / span
         by_family: dict[str, list[Note]] = {}
         for n in notes:
             by_family.setdefault(n.family, []).append(n)

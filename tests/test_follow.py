@@ -161,3 +161,19 @@ def test_live_and_offline_paths_play_the_same_answer(rt, controls):
                        first_note=False)
     assert len(offline.events) > 10
     assert sorted(_key(e, start) for e in offline.events) == sorted(_key(e) for e in live.events)
+
+
+def test_what_was_heard_is_kept_until_a_note_is_played_or_leaves_the_window():
+    """The jam reads the phrase during its closing silence; the answer then finds it ready,
+    and gets a fresh reading when anything changed."""
+    prof = PlayerProfile()
+    phrase = scale_phrase(2)  # beats 0-8, heard from beat 10 on
+    prof.observe_all(NoteOn(ev.time + 8, ev.family, ev.pitch, ev.velocity) if isinstance(ev, NoteOn)
+                     else NoteOff(ev.time + 8, ev.family, ev.pitch) for ev in phrase.events())
+    first = prof.heard(18.0)
+    assert prof.heard(20.0) is first  # nothing new, nothing left the window (it starts at 4)
+    later = prof.heard(24.5)  # the first notes (from beat 8) have left it
+    assert later is not first and later.density != first.density
+    prof.observe(NoteOn(25.0, "piano", 61, 90))
+    prof.observe(NoteOff(25.5, "piano", 61))
+    assert prof.heard(25.5) is not later
