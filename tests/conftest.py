@@ -50,6 +50,20 @@ def save_tiny_model(folder: Path, *, lean_to_notes: bool = False, half: bool = F
     return folder
 
 
+def note_leaning_model(vocab: Vocabulary, context: int = 256):
+    """A one-layer random MuseModel leaning towards note-ons, so sampling tests see plenty of
+    notes (in memory, for TorchRuntime)."""
+    import torch
+
+    from musebridge.engine.model import ModelConfig, MuseModel
+
+    torch.manual_seed(0)
+    model = MuseModel(ModelConfig(vocab_size=len(vocab), n_layer=1, n_head=2, d_model=32, window=16, context=context))
+    with torch.no_grad():
+        model.tok.weight[vocab.note_token_mask(offs=False)] += 0.05
+    return model
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     """A random 2-layer model (window 16, context 512) saved as a model folder."""

@@ -78,19 +78,16 @@ torch = pytest.importorskip("torch")
 
 from musebridge.bridge.timeline import Timeline  # noqa: E402
 from musebridge.engine.generate import generate  # noqa: E402
-from musebridge.engine.model import ModelConfig, MuseModel  # noqa: E402
 from musebridge.engine.sampling import LogitShaper, SamplingControls  # noqa: E402
 from musebridge.engine.torch_runtime import TorchRuntime  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def rt():
+    from conftest import note_leaning_model
+
     vocab = Vocabulary()
-    torch.manual_seed(0)
-    model = MuseModel(ModelConfig(vocab_size=len(vocab), n_layer=1, n_head=2, d_model=32, window=16, context=2048))
-    with torch.no_grad():  # lean towards notes so the tests see plenty of them
-        model.tok.weight[vocab.note_token_mask(offs=False)] += 0.05
-    return TorchRuntime(model, vocab)
+    return TorchRuntime(note_leaning_model(vocab, context=2048), vocab)
 
 
 def _ons(rt, tokens):

@@ -7,11 +7,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import note_leaning_model  # noqa: E402
+
 from musebridge.engine.checkpoint import ModelFileError, load_model, save_model  # noqa: E402
 from musebridge.engine.events import Note, Piece, TimeSignature  # noqa: E402
 from musebridge.engine.generate import generate  # noqa: E402
 from musebridge.engine.midi_file import read_midi, write_midi  # noqa: E402
-from musebridge.engine.model import ModelConfig, MuseModel  # noqa: E402
 from musebridge.engine.sampling import ControlError, Grammar, LogitShaper, SamplingControls, parse_key, parse_strengths  # noqa: E402
 from musebridge.engine.torch_runtime import TorchRuntime  # noqa: E402
 from musebridge.engine.vocab import NOTE, Vocabulary  # noqa: E402
@@ -20,11 +21,7 @@ from musebridge.engine.vocab import NOTE, Vocabulary  # noqa: E402
 @pytest.fixture(scope="module")
 def setup():
     vocab = Vocabulary()
-    torch.manual_seed(0)
-    model = MuseModel(ModelConfig(vocab_size=len(vocab), n_layer=1, n_head=2, d_model=32, window=16, context=256))
-    with torch.no_grad():  # lean towards notes so tests see plenty of them
-        model.tok.weight[vocab.note_token_mask(offs=False)] += 0.05
-    return model, vocab
+    return note_leaning_model(vocab), vocab
 
 
 def _prompt():

@@ -60,6 +60,18 @@ def make_window(qtbot, tmp_path):
         w.close()
 
 
+def jack_window(qtbot, tmp_path):
+    """The app on real JACK ports (a private server: the `jack_server` fixture), not started."""
+    from musebridge.gui.port_watch import PortWatcher
+
+    qs = saved.open_settings(str(tmp_path / "s.ini"))
+    values = {**saved.load(qs), "api": "jack"}
+    host = SessionHost(saved.to_config(values), ports=True, ccmap=CCMap(tmp_path / "m.json", load=False))
+    win = MainWindow(host, qs, values, port_lister=PortWatcher(), refresh_ms=0)
+    qtbot.addWidget(win)
+    return host, win
+
+
 def note_on_mask(vocab, family):
     return (vocab.kind == NOTE) & (vocab.vbin > 0) & (vocab.family == vocab.family_index[family])
 
@@ -410,13 +422,7 @@ def test_status_bar_counts_the_input_messages_the_jam_dropped(jack_server, qtbot
     import rtmidi
 
     from musebridge.bridge.jam_probe import bridge_port
-    from musebridge.gui.port_watch import PortWatcher
-
-    qs = saved.open_settings(str(tmp_path / "s.ini"))
-    values = {**saved.load(qs), "api": "jack"}
-    host = SessionHost(saved.to_config(values), ports=True, ccmap=CCMap(tmp_path / "m.json", load=False))
-    win = MainWindow(host, qs, values, port_lister=PortWatcher(), refresh_ms=0)
-    qtbot.addWidget(win)
+    host, win = jack_window(qtbot, tmp_path)
     raw = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="gui garbage")
     try:
         win.toggle_start()
@@ -442,13 +448,7 @@ def test_a_knob_on_the_jams_real_input_moves_a_follow_fader(jack_server, qtbot, 
     import rtmidi
 
     from musebridge.bridge.jam_probe import bridge_port
-    from musebridge.gui.port_watch import PortWatcher
-
-    qs = saved.open_settings(str(tmp_path / "s.ini"))
-    values = {**saved.load(qs), "api": "jack"}
-    host = SessionHost(saved.to_config(values), ports=True, ccmap=CCMap(tmp_path / "m.json", load=False))
-    win = MainWindow(host, qs, values, port_lister=PortWatcher(), refresh_ms=0)
-    qtbot.addWidget(win)
+    host, win = jack_window(qtbot, tmp_path)
     knob = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="gui knob")
     try:
         win.toggle_start()
