@@ -19,7 +19,9 @@ def data() -> None:
 
 @data.command("build")
 @click.option("--source", "sources", multiple=True, required=True, metavar="SRC",
-              help="'music21', a folder of .mid files, or FOLDER=LABEL to give all its files one style. Repeatable.")
+              help="'music21', a folder of .mid files, FOLDER=LABEL to give all its files one style, or "
+                   "pop909-band:POP909_DIR[,GROOVE_DIR][=LABEL] for POP909 arranged for a band (lead, bass, "
+                   "drums from Groove). Repeatable.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (resumes if it holds a build).")
 @click.option("--workers", type=int, default=None, help="Parallel processes [default: all cores].")
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds before one piece is skipped.")

@@ -55,7 +55,8 @@ def style_group(source: str, style: str) -> str:
     """The style family a test-split piece is reported under (the model card's rows)."""
     if source == "music21":
         return "folk" if style.startswith("folk") else "classical"
-    return {"pop909": "pop (POP909)", "groove": "drums (Groove)"}.get(source, source)
+    return {"pop909": "pop (POP909)", "groove": "drums (Groove)", "pop909_band": "band (POP909 + Groove)"}.get(
+        source, source)
 
 
 def window(notes: list[Note], start: float, end: float) -> list[Note]:

@@ -1,4 +1,5 @@
-"""Where pieces come from: the music21 corpus and folders of MIDI files.
+"""Where pieces come from: the music21 corpus, folders of MIDI files, and POP909 songs
+arranged for a band (`engine/band_source.py`).
 
 A source lists `PieceTask`s cheaply (no parsing); `load_piece` runs one task in a
 worker process. Every task carries its style label and its split group -- the key that
@@ -31,12 +32,13 @@ class PieceTask:
 
     key: str  # unique and stable across builds: the resume key
     source: str  # "music21" or the folder's collection name
-    kind: str  # "music21" or "midi"
+    kind: str  # "music21", "midi" or "pop909_band"
     path: str
     style: str
     group: str  # split group: a piece and its versions share it
     number: int | None = None  # work inside a multi-work music21 file
     split: str | None = None  # the collection's own split, when it has one
+    drums: str | None = None  # pop909_band: the Groove folder its drums come from
 
 
 def normalize_label(text: str) -> str:
@@ -119,10 +121,47 @@ def _read_info_csv(root: Path) -> dict[str, tuple[str, str | None]]:
     return out
 
 
+def pop909_band_tasks(spec: str) -> list[PieceTask]:
+    """`pop909-band:POP909_DIR[,GROOVE_DIR][=LABEL]`: every POP909 song as a band arrangement.
+
+    Drums come from GROOVE_DIR (default: a `groove` folder beside POP909_DIR). A song keeps
+    the split group the plain folder source gives it for the same POP909_DIR, so its piano
+    and band versions always share a split; its drums come from Groove beats of that
+    split. The label defaults to POP909's own, "pop": a new label would be a style token
+    the shipped vocabulary lacks, and fine-tuning (`train --init`) needs the same vocabulary.
+    """
+    from .band_source import DEFAULT_LABEL, SOURCE, SPEC_PREFIX, find_groove, groove_index, song_files
+
+    body, _, label = spec[len(SPEC_PREFIX):].partition("=")
+    folder, _, groove = body.partition(",")
+    root = Path(folder).expanduser()
+    if not folder or not root.is_dir():
+        raise DataError(f"pop909-band source {folder or '(none)'} is not a folder; pass "
+                        "pop909-band:POP909_DIR (the folder with POP909's song folders)")
+    drums = Path(groove).expanduser() if groove else find_groove(root)
+    if drums is None or not drums.is_dir():
+        where = groove or f"no groove folder beside {folder}"
+        raise DataError(f"pop909-band needs the Groove MIDI Dataset for its drums: {where} is not a folder; "
+                        "pass pop909-band:POP909_DIR,GROOVE_DIR")
+    groove_index(str(drums))  # a Groove folder without its info.csv fails here, once
+    collection = normalize_label(root.resolve().name)
+    style = normalize_label(label) if label else DEFAULT_LABEL
+    tasks = []
+    for path in song_files(root):
+        rel = path.relative_to(root).as_posix()
+        group = f"{collection}/{version_group(rel)}"
+        tasks.append(PieceTask(f"{SOURCE}/{rel}", SOURCE, SOURCE, str(path), style, group,
+                               split=split_of(group), drums=str(drums)))
+    return tasks
+
+
 def tasks_for_source(source: str) -> list[PieceTask]:
-    """`music21`, `DIR`, or `DIR=LABEL` (a folder with one style label for all files)."""
+    """`music21`, `DIR`, `DIR=LABEL` (a folder with one style label for all files), or
+    `pop909-band:POP909_DIR[,GROOVE_DIR][=LABEL]` (POP909 arranged for a band)."""
     if source == "music21":
         return music21_tasks()
+    if source.startswith("pop909-band:"):
+        return pop909_band_tasks(source)
     folder, _, label = source.partition("=")
     return midi_folder_tasks(folder, label or None)
 
@@ -133,6 +172,12 @@ def load_piece(task: PieceTask) -> Piece:
         from .music21_source import CorpusWork, read_corpus_work
 
         piece = read_corpus_work(CorpusWork(task.key, task.path, task.number, task.style, task.group))
+    elif task.kind == "pop909_band":
+        from .band_source import read_band_song
+
+        path = Path(task.path)
+        song_id = f"{path.parent.name}/{path.stem}"
+        piece = read_band_song(path, song_id, task.drums, task.split or split_of(task.group), task.style)
     else:
         piece = read_midi(task.path, style=task.style)
     piece.style = task.style
