@@ -228,6 +228,7 @@ class FollowBias:
         self.texture_nats = follow_nats(texture)
         self.on_mask = on
         self.wait_ids, self.wait_ticks = lay.wait_ids, lay.wait_ticks
+        self.longest_wait = int(lay.wait_ticks.max())
         self.target_density = heard.density if heard is not None and texture > 0 else None
         self.density_weight = min(2.0 * texture, 1.0)
         # per family: its note ids [lo, hi) (contiguous), its hold limit (ticks) and voices
@@ -237,17 +238,13 @@ class FollowBias:
         self.hold_ticks = [h.hold_limit(f.name) * per for f in v.families]
         self.voices = [h.voice_limit(f.name) for f in v.families]
 
-    @property
-    def active(self) -> bool:
-        return bool(self.off_grid is not None or self.texture_nats > 0 or self.static.any())
-
     def note_on_shift(self, tick: int) -> float:
         """Extra logit on every note-on at `tick` (the groove)."""
         if self.off_grid is None or not self.off_grid[tick % self.tpb]:
             return 0.0
         return max(-self.groove_nats, NEG)
 
-    def texture(self, x: np.ndarray, tick: int, held: dict[tuple[int, int], int], grammar) -> np.ndarray:
+    def texture(self, x: np.ndarray, tick: int, held: dict[tuple[int, int], int]) -> np.ndarray:
         """Push overdue notes to end and full families to wait, in place on `x`."""
         if self.texture_nats <= 0 or not held:
             return x
@@ -271,7 +268,7 @@ class FollowBias:
             x[:] = NEG
             x[overdue] = np.maximum(keep, 0.0)
             return x
-        if deadline - tick < self.wait_ticks.max():  # a rest past a held note's deadline: release it first
+        if deadline - tick < self.longest_wait:  # a rest past a held note's deadline: release it first
             crossing = self.wait_ids[self.wait_ticks > max(deadline - tick, 0)]
             x[crossing] += NEG if strict else -self.texture_nats
         for fi, n in counts.items():

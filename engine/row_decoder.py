@@ -34,19 +34,24 @@ class RowDecoder:
         self.rng = rng
         self.dec = StreamDecoder(vocab)
         self.dec.tick = tick
-        self.start_tick = tick
         self.guard = OutputGuard(vocab, source)
-        c = shaper.controls
-        # an explicit key is strict (shaper.bias masks outside it); following it would add nothing
-        key_follow = 0.0 if c.key else c.follow_key
-        # the grid is read on the beat: `grid_offset` is the beat tick this row's tick 0 falls on
-        self.follow = FollowBias(vocab, heard, key_follow, c.follow_groove, c.follow_texture)
-        self.grid_offset = grid_offset
-        self.static = (shaper.bias + self.follow.static).astype(np.float64)
+        self.heard = heard
+        self.grid_offset = grid_offset  # the grid is read on the beat: the beat tick this row's tick 0 falls on
+        self._follow_controls()
         self.held: dict[tuple[int, int], int] = dict(held or {})  # (family, pitch) -> onset tick
         self.onsets: list[float] = []
         self.window = DENSITY_WINDOW_BEATS if vocab.config.time_mode == "beats" else 1.0
         self.start_time = self.dec.time
+
+    def _follow_controls(self) -> None:
+        """The biases of the shaper's controls now (again after `LogitShaper.set_controls`,
+        which may come between any two steps)."""
+        c = self.shaper.controls
+        # an explicit key is strict (shaper.bias masks outside it); following it would add nothing
+        key_follow = 0.0 if c.key else c.follow_key
+        self.follow = FollowBias(self.vocab, self.heard, key_follow, c.follow_groove, c.follow_texture)
+        self._bias = self.shaper.bias
+        self.static = (self._bias + self.follow.static).astype(np.float64)
 
     @property
     def tick(self) -> int:
@@ -67,6 +72,8 @@ class RowDecoder:
 
     def sample(self, logits: np.ndarray, extra: np.ndarray | None = None) -> int:
         """The next token under controls, grammar, density, follow biases and `extra`."""
+        if self.shaper.bias is not self._bias:
+            self._follow_controls()
         c = self.shaper.controls
         x = logits.astype(np.float64) / c.temperature + self.static + self.grammar.mask
         if extra is not None:
@@ -74,7 +81,7 @@ class RowDecoder:
         shift = self._density_shift() + self.follow.note_on_shift(self.dec.tick + self.grid_offset)
         if shift:
             x += shift * self.follow.on_mask
-        self.follow.texture(x, self.dec.tick, self.held, self.grammar)
+        self.follow.texture(x, self.dec.tick, self.held)
         return sample_logits(x, c.top_k, c.top_p, self.rng, c.min_p)
 
     def feed(self, token: int) -> list[Event]:

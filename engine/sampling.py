@@ -347,7 +347,8 @@ class OutputGuard:
 
 
 class LogitShaper:
-    """Controls -> a static bias; plus the grammar mask and the density controller."""
+    """Controls -> a static bias and the density rule; `row_decoder.RowDecoder` samples with them
+    (and rebuilds its biases when `set_controls` gives a new bias, between any two steps)."""
 
     def __init__(self, vocab: Vocabulary, controls: SamplingControls = SamplingControls()):
         self.vocab = vocab
@@ -368,20 +369,11 @@ class LogitShaper:
             bias[outside] = NEG
         self.controls = controls
         self.bias = bias
-        self.on_mask = on
         self.rng = np.random.default_rng(controls.seed)
 
     def density_bias(self, recent_notes_per_beat: float | None) -> float:
         """Extra logit on all note-ons pushing towards the density target (log ratio)."""
         return density_shift(self.controls.density, recent_notes_per_beat)
-
-    def sample(self, logits: np.ndarray, grammar: Grammar, note_bias: float = 0.0, rng=None) -> int:
-        """One token id from logits [V] under controls, grammar and density bias."""
-        c = self.controls
-        x = logits.astype(np.float64) / c.temperature + self.bias + grammar.mask
-        if note_bias:
-            x = x + note_bias * self.on_mask
-        return sample_logits(x, c.top_k, c.top_p, rng if rng is not None else self.rng, c.min_p)
 
 
 def density_shift(target: float | None, rate: float | None) -> float:

@@ -13,6 +13,7 @@ from musebridge.engine.checkpoint import ModelFileError, load_model, save_model 
 from musebridge.engine.events import Note, Piece, TimeSignature  # noqa: E402
 from musebridge.engine.generate import generate  # noqa: E402
 from musebridge.engine.midi_file import read_midi, write_midi  # noqa: E402
+from musebridge.engine.row_decoder import RowDecoder  # noqa: E402
 from musebridge.engine.sampling import ControlError, Grammar, LogitShaper, SamplingControls, parse_key, parse_strengths  # noqa: E402
 from musebridge.engine.torch_runtime import TorchRuntime  # noqa: E402
 from musebridge.engine.vocab import NOTE, Vocabulary  # noqa: E402
@@ -103,9 +104,10 @@ def test_controls_change_between_steps(setup):
     _, vocab = setup
     shaper = LogitShaper(vocab, SamplingControls(seed=0))
     logits = np.zeros(len(vocab), np.float32)
-    g = Grammar(vocab)
+    row = RowDecoder(vocab, shaper, Grammar(vocab), shaper.rng)
+    row.sample(logits)
     shaper.set_controls(SamplingControls(seed=0, strengths={f: 0.0 for f in vocab.family_index if f != "organ"}))
-    picks = [shaper.sample(logits, g) for _ in range(300)]
+    picks = [row.sample(logits) for _ in range(300)]
     fams = {vocab.families[vocab.family[t]].name for t in picks if vocab.kind[t] == NOTE}
     assert fams == {"organ"}
 
@@ -116,7 +118,8 @@ def test_strength_one_favours_a_family(setup):
     share = {}
     for s in (0.5, 1.0):
         shaper = LogitShaper(vocab, SamplingControls(seed=0, strengths={"bass": s}))
-        picks = [shaper.sample(logits, Grammar(vocab)) for _ in range(2000)]
+        row = RowDecoder(vocab, shaper, Grammar(vocab), shaper.rng)
+        picks = [row.sample(logits) for _ in range(2000)]
         notes = [t for t in picks if vocab.kind[t] == NOTE]
         share[s] = sum(vocab.families[vocab.family[t]].name == "bass" for t in notes) / len(notes)
     assert share[0.5] < 0.1 and share[1.0] > 0.4
