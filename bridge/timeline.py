@@ -107,7 +107,6 @@ class Timeline:
         self.logits = runtime.prefill(prefix)
         self.marks: list[_Mark] = []
         self.model_sounding: dict[tuple[str, int], float] = {}  # notes the model started, still on -> onset beat
-        self.band = frozenset(families)  # the prefix's families
         self.profile = PlayerProfile(beats_per_bar)  # what the player played: what answers follow
         # what a ranked answer cost last time (generate_ranked plans by it): tokens per beat of
         # a candidate, and per candidate the time from the last one to the winner played
@@ -181,7 +180,7 @@ class Timeline:
         held = {(v.family_index[f], p): round(onset * self.tpb) for (f, p), onset in self.model_sounding.items()}
         # the one decode step (engine/row_decoder.py): grammar, guard, density and following the player
         row = RowDecoder(v, shaper, self.grammar, rng, self.profile.heard(self.time), tick=self.encoder.tick,
-                         source=self.rt.source, held=held, band=self.band)
+                         source=self.rt.source, held=held)
         end_tick = round(end * self.tpb)
         next_mark = self.time
         sampled_note = not first_note

@@ -204,8 +204,7 @@ def _layout(v: Vocabulary) -> _Layout:
 class FollowBias:
     """A `Heard` and the follow controls as biases for one answer of one vocabulary."""
 
-    def __init__(self, vocab: Vocabulary, heard: Heard | None, key: float, groove: float, texture: float,
-                 band: frozenset[str] | None = None):
+    def __init__(self, vocab: Vocabulary, heard: Heard | None, key: float, groove: float, texture: float):
         v = self.vocab = vocab
         tpb = v.config.ticks_per_beat if v.config.time_mode == "beats" else 0
         self.heard = heard
@@ -220,11 +219,6 @@ class FollowBias:
                 share = 0.5 * heard.pcp + 0.5 / 12
                 pc_bias[inside] += PROFILE_WEIGHT * follow_nats(key) * np.log(share / share.max())[inside]
             self.static[lay.pitched] = pc_bias[lay.pitched_pc]
-        if band and texture > 0:  # the band the stream's prefix names: every training piece keeps to its own
-            for fi, f in enumerate(v.families):
-                if f.name not in band:
-                    lo, hi = lay.fam_range[fi]
-                    self.static[lo:hi] += max(-follow_nats(texture), NEG) * on[lo:hi]
         # groove: note-ons at a tick of the beat off the player's grid
         self.off_grid: np.ndarray | None = None
         self.groove_nats = follow_nats(groove)

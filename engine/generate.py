@@ -81,19 +81,17 @@ def continue_rows(
     seeds: list[int | None],
     heard: Heard | None = None,
     grid_offset: int = 0,
-    band: frozenset[str] | None = None,
 ) -> list[list[int]]:
     """Sample every row of `runtime` until its time reaches `end_time`; close open notes.
 
     `heard` is what the rows follow (the prompt's key, grid, holds and voices) and
-    `grid_offset` the tick of the beat the rows start on (0: on a beat); `band` the families
-    the prefix names.
+    `grid_offset` the tick of the beat the rows start on (0: on a beat).
     """
     v = runtime.vocab
     b = runtime.batch
     per = ticks_per_unit(v)
     rows = [RowDecoder(v, shaper, grammars[r], np.random.default_rng(seeds[r]), heard, source=runtime.source,
-                       grid_offset=grid_offset, band=band) for r in range(b)]
+                       grid_offset=grid_offset) for r in range(b)]
     no_end = None
     if end_time != float("inf"):  # a clip of a set length: the model may not end it early
         no_end = np.zeros(len(v))
@@ -233,7 +231,7 @@ def _continue(runtime: CachedRuntime, prompt: Piece, bars: float, controls: Samp
     heard = PlayerProfile.of_piece(prompt, beats_per_bar(prompt)).heard(start)
     offset = round(start * v.config.ticks_per_beat) if v.config.time_mode == "beats" else 0
     rows = continue_rows(rt, logits, shaper, [grammar.copy() for _ in range(variations)], end_time, max_tokens, seeds,
-                         heard, offset, frozenset(families))
+                         heard, offset)
     tempos = [Tempo(0.0, prompt.tempos[-1].bpm)] if prompt.tempos else []
     last_ts = prompt.time_signatures[-1] if prompt.time_signatures else None
     sigs = [TimeSignature(0.0, last_ts.numerator, last_ts.denominator)] if last_ts else []

@@ -27,8 +27,7 @@ class RowDecoder:
 
     def __init__(self, vocab: Vocabulary, shaper: LogitShaper, grammar: Grammar, rng: np.random.Generator,
                  heard: Heard | None = None, tick: int = 0, source: str | None = None,
-                 held: dict[tuple[int, int], int] | None = None, grid_offset: int = 0,
-                 band: frozenset[str] | None = None):
+                 held: dict[tuple[int, int], int] | None = None, grid_offset: int = 0):
         self.vocab = vocab
         self.shaper = shaper
         self.grammar = grammar
@@ -37,7 +36,6 @@ class RowDecoder:
         self.dec.tick = tick
         self.guard = OutputGuard(vocab, source)
         self.heard = heard
-        self.band = band  # the families the stream's prefix names (texture keeps answers to them)
         self.grid_offset = grid_offset  # the grid is read on the beat: the beat tick this row's tick 0 falls on
         self._follow_controls()
         self.held: dict[tuple[int, int], int] = dict(held or {})  # (family, pitch) -> onset tick
@@ -51,7 +49,7 @@ class RowDecoder:
         c = self.shaper.controls
         # an explicit key is strict (shaper.bias masks outside it); following it would add nothing
         key_follow = 0.0 if c.key else c.follow_key
-        self.follow = FollowBias(self.vocab, self.heard, key_follow, c.follow_groove, c.follow_texture, self.band)
+        self.follow = FollowBias(self.vocab, self.heard, key_follow, c.follow_groove, c.follow_texture)
         self._bias = self.shaper.bias
         self.static = (self._bias + self.follow.static).astype(np.float64)
 
