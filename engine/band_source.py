@@ -18,7 +18,8 @@ downbeat flag; `chord_midi.txt`: start and end seconds, Harte label such as `C:m
   style, the nearest tempo, the same split as the song, at least MIN_GROOVE_BARS bars
   of groove): its bars are cut at its own bar
   lines and laid on the song's bars, so its beat 1 lands on the song's downbeat
-  (hi-hat edge hits, keys 22 and 26, become GM hi-hats); no Groove beat within
+  (hi-hat edge hits, keys 22 and 26, become GM hi-hats:
+  `families.DRUM_KEY_ALIASES`); no Groove beat within
   `TEMPO_TOLERANCE` means no drums.
 
 Missing or garbled annotations raise `DataError` (one line; the build counts the song
@@ -70,8 +71,6 @@ DRUM_CANDIDATES = 3  # the drums come from one of the nearest few in tempo (seed
 MIN_GROOVE_BARS = 4  # a performance with fewer usable bars would loop one or two bars all song
 MAX_GROOVE_TRIES = 8
 KICKS, SNARES = (35, 36), (37, 38, 40)
-# Groove's kit plays hi-hat edge hits on keys below the GM map (5.6 % of its hits): as GM hi-hats.
-GROOVE_KEYS = {22: 42, 26: 46}
 EARLY = 0.125  # beats: a hit this much before a bar line belongs to the next bar
 SUSTAIN_CAP = 0.75  # seconds: a guitar or organ rings on what the pedal held, at most this much longer
 
@@ -602,7 +601,7 @@ def drum_part(bars: list[list[Note]], grid: Grid, active: np.ndarray, rng: np.ra
             for h in bar:
                 if h.start < span - EARLY:
                     t = max(start + taken + h.start, 0.0)
-                    pitch = fold_into_range(GROOVE_KEYS.get(h.pitch, h.pitch), FAMILY_BY_NAME["drums"])
+                    pitch = fold_into_range(h.pitch, FAMILY_BY_NAME["drums"])
                     if pitch is not None:
                         out.append(Note(t, min(h.duration, 1.0), pitch, h.velocity, "drums"))
             taken += span

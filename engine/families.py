@@ -52,6 +52,10 @@ FAMILY_BY_NAME: dict[str, Family] = {f.name: f for f in FAMILIES}
 FAMILY_INDEX: dict[str, int] = {f.name: i for i, f in enumerate(FAMILIES)}
 DRUMS = FAMILY_BY_NAME["drums"]
 DRUM_CHANNEL = 9  # GM channel 10, 0-based
+# Keys outside the GM map that electronic kits send for a GM sound: Roland's hi-hat edge
+# hits (22 closed, 26 open), which the Groove MIDI recordings are full of. Read as the
+# GM hi-hats, a drummer's e-kit and Groove's hi-hat grooves keep their hi-hat.
+DRUM_KEY_ALIASES: dict[int, int] = {22: 42, 26: 46}
 
 # GM program groups of eight -> family. 96..127 (synth effects, ethnic, percussive,
 # sound effects) have no family of their own: each goes to its nearest sound.
@@ -99,12 +103,14 @@ def fold_into_range(pitch: int, family: Family) -> int | None:
     """Move a pitch by octaves into the family's range; None for drums out of the map.
 
     Pitch class is what the ear follows, so folding keeps melodies recognisable where
-    clamping would flatten them. A drum key outside the map has no meaning to fold.
+    clamping would flatten them. A drum key outside the map has no meaning to fold,
+    unless it is an e-kit's alias of a GM key (`DRUM_KEY_ALIASES`).
     """
     if pitch in family:
         return pitch
     if family.is_drums:
-        return None
+        alias = DRUM_KEY_ALIASES.get(pitch)
+        return alias if alias is not None and alias in family else None
     while pitch < family.low:
         pitch += 12
     while pitch > family.high:

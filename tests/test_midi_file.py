@@ -313,3 +313,18 @@ def test_a_piece_longer_than_midi_can_hold_is_a_clear_error(tmp_path):
     with pytest.raises(MidiFileError, match="longer than a MIDI file can hold"):
         write_midi(Piece(notes=[Note(0, 1, 60, 90, "piano"), Note(1e6, 1, 60, 90, "piano")]), tmp_path / "x.mid")
     assert not list(tmp_path.iterdir())
+
+
+def test_ekit_hihat_edge_keys_are_heard_as_hihats(tmp_path):
+    """Groove's Roland kit (and a drummer's e-kit) sends hi-hat edge hits on keys 22 and 26,
+    below the GM map; they are the closed and open hi-hat, not noise to drop."""
+    mid = mido.MidiFile(ticks_per_beat=96)
+    tr = mido.MidiTrack()
+    mid.tracks.append(tr)
+    for key in (22, 26, 36):
+        tr.append(mido.Message("note_on", channel=9, note=key, velocity=90, time=0))
+        tr.append(mido.Message("note_off", channel=9, note=key, velocity=0, time=48))
+    mid.save(tmp_path / "ekit.mid")
+    vocab = Vocabulary(VocabConfig())
+    decoded = decode_tokens(encode_piece(read_midi(tmp_path / "ekit.mid"), vocab), vocab)
+    assert [(n.family, n.pitch) for n in decoded.notes] == [("drums", 42), ("drums", 46), ("drums", 36)]
