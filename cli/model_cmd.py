@@ -36,7 +36,9 @@ from .options import Checked, decoding_options
               help="Start from this model folder's weights (fine-tune) instead of random ones.")
 @click.option("--prefix-share", type=click.FloatRange(0, 1), default=0.9, show_default=True,
               help="Share of windows cut mid-piece that start with their piece's style and instrument tokens.")
-def train(data, model, arch, generator, samples, out, steps, batch_size, seq_len, lr, warmup, eval_every, save_every, max_minutes, mixup, no_augment, seed, threads, init, prefix_share) -> None:
+@click.option("--revoice", type=click.FloatRange(0, 1), default=0.25, show_default=True,
+              help="Share of augmented windows with one melodic part moved to another family.")
+def train(data, model, arch, generator, samples, out, steps, batch_size, seq_len, lr, warmup, eval_every, save_every, max_minutes, mixup, no_augment, seed, threads, init, prefix_share, revoice) -> None:
     """Train a model on built shards (torchrun for several GPUs)."""
     try:
         import torch
@@ -71,7 +73,8 @@ def train(data, model, arch, generator, samples, out, steps, batch_size, seq_len
         raise click.BadParameter(f"--lr must be positive, got {lr}")
     cfg = TrainConfig(model=model, arch=arch, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, min_lr=lr / 10, warmup=warmup,
                       eval_every=eval_every, save_every=save_every, max_minutes=max_minutes, mixup=mixup,
-                      augment=not no_augment, seed=seed, init=init, prefix_share=prefix_share)
+                      augment=not no_augment, seed=seed, init=init, prefix_share=prefix_share,
+                      revoice_share=revoice)
     import os
 
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 talks
@@ -126,7 +129,9 @@ def _fit_ngram(data: str, out: str) -> None:
 @click.option("--style-classifier", type=click.Path(), default=None,
               help="Also give the inception-style score of each model's generations (and of real passages).")
 @click.option("--samples", type=int, default=64, show_default=True, help="Generated passages for --style-classifier.")
-def evaluate(data, models, baselines, split, seq_len, json_out, style_classifier, samples) -> None:
+@click.option("--source", "sources", multiple=True,
+              help="Score only the split's pieces of this collection (repeatable), e.g. pop909_band for the band-context test set.")
+def evaluate(data, models, baselines, split, seq_len, json_out, style_classifier, samples, sources) -> None:
     """Held-out NLL in nats/token and bits/note, side by side."""
     import json
     from dataclasses import asdict
@@ -147,14 +152,15 @@ def evaluate(data, models, baselines, split, seq_len, json_out, style_classifier
         if "lstm" not in named and ngram is None:
             raise MuseBridgeError(f"no baselines in {base}; train them: musebridge train --arch ngram --data {data} --out {base} "
                                   f"and musebridge train --arch lstm --data {data} --out {base / 'lstm'}")
-    rows = run_eval(data, named, ngram, split, seq_len)
-    t = Table(title=f"held-out NLL on {split} ({rows[0].tokens:,} tokens)")
+    rows = run_eval(data, named, ngram, split, seq_len, tuple(sources))
+    which = f"{split}, {' + '.join(sources)}" if sources else split
+    t = Table(title=f"held-out NLL on {which} ({rows[0].tokens:,} tokens)")
     for c in ("model", "parameters", "nats/token", "bits/note", "seconds"):
         t.add_column(c, justify="left" if c == "model" else "right")
     for r in rows:
         t.add_row(r.name, f"{r.params:,}", f"{r.nats_per_token:.4f}", f"{r.bits_per_note:.3f}", f"{r.seconds:.0f}")
     Console().print(t)
-    result = {"nll": [asdict(r) for r in rows]}
+    result = {"split": split, "sources": list(sources), "nll": [asdict(r) for r in rows]}
     if style_classifier:
         from musebridge.engine.critic import style_scores
 

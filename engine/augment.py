@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .vocab import NOTE, WAIT, Vocabulary
+from .vocab import INSTRUMENT, NOTE, WAIT, Vocabulary
+
+# Families a melodic part may be re-voiced onto. The bass keeps its part (its role is the
+# register, and POP909-band's bass is written for it) and drums are not pitched.
+REVOICE_FAMILIES = ("piano", "chromatic_percussion", "organ", "guitar", "strings", "ensemble", "brass", "reed",
+                    "pipe", "synth_lead", "synth_pad")
 
 
 def transpose_range(tokens: np.ndarray, vocab: Vocabulary) -> tuple[int, int]:
@@ -95,6 +100,81 @@ def stretch_time(tokens: np.ndarray, vocab: Vocabulary, factor: float) -> np.nda
         now = max(now, int(t))
         out.append(int(tok))
     return np.array(out, dtype=tokens.dtype)
+
+
+def revoice(tokens: np.ndarray, vocab: Vocabulary, rng: np.random.Generator) -> np.ndarray:
+    """One melodic part of the window moved onto another family that can play all of it.
+
+    MuseNet learnt instruments from data that had them all; ours has folk lines on one
+    family, quartets on strings, POP909 on a few band families. Moving a part (its notes,
+    its pedal and its instrument token) to a family the window does not use, inside the
+    new family's range, makes a prompt on any family familiar. Notes of one instant stay
+    in the encoder's canonical order (offs, then onsets, by family and pitch), so the
+    window is still one the tokenizer could have written.
+    """
+    tokens = np.asarray(tokens)
+    kind, fam = vocab.kind[tokens], vocab.family[tokens]
+    used = set(int(f) for f in np.unique(fam[(kind == NOTE) | (kind == INSTRUMENT)]))
+    movable = [fi for fi in sorted(used) if vocab.families[fi].name in REVOICE_FAMILIES
+               and np.any((kind == NOTE) & (fam == fi))]
+    if not movable:
+        return np.array(tokens, copy=True)
+    src = int(rng.choice(movable))
+    notes = (kind == NOTE) & (fam == src)
+    lo, hi = int(vocab.pitch[tokens[notes]].min()), int(vocab.pitch[tokens[notes]].max())
+    targets = [vocab.family_index[n] for n in REVOICE_FAMILIES if vocab.family_index.get(n) is not None
+               and vocab.family_index[n] not in used
+               and vocab.families[vocab.family_index[n]].low <= lo and hi <= vocab.families[vocab.family_index[n]].high]
+    if not targets:
+        return np.array(tokens, copy=True)
+    dst = int(rng.choice(targets))
+    return _move_family(tokens, vocab, src, dst)
+
+
+def _move_family(tokens: np.ndarray, vocab: Vocabulary, src: int, dst: int) -> np.ndarray:
+    """Every token of family `src` (notes, pedal, instrument) as family `dst`'s."""
+    lut = np.arange(len(vocab), dtype=np.int64)
+    f_src, f_dst = vocab.families[src], vocab.families[dst]
+    stride = vocab.note_stride[src]
+    if stride != vocab.note_stride[dst]:
+        raise ValueError(f"{f_src.name} and {f_dst.name} notes are laid out differently")
+    for p in range(max(f_src.low, f_dst.low), min(f_src.high, f_dst.high) + 1):
+        a = vocab.note_base[src] + (p - f_src.low) * stride
+        b = vocab.note_base[dst] + (p - f_dst.low) * stride
+        lut[a : a + stride] = np.arange(b, b + stride)
+    lut[vocab.instrument(f_src.name)] = vocab.instrument(f_dst.name)
+    for down in (False, True):
+        ps, pd = vocab.pedal(src, down), vocab.pedal(dst, down)
+        if ps is not None and pd is not None:
+            lut[ps] = pd
+    out = lut[tokens.astype(np.int64)]
+    return _canonical_instants(out, vocab).astype(tokens.dtype)
+
+
+def _canonical_instants(tokens: np.ndarray, vocab: Vocabulary) -> np.ndarray:
+    """Runs of note tokens (one instant) and of instrument tokens (the prefix) re-sorted
+    as the encoder sorts them: note-offs before onsets, then by family and pitch."""
+    kind = vocab.kind[tokens]
+    out = tokens.copy()
+    n = len(tokens)
+    i = 0
+    while i < n:
+        k = kind[i]
+        if k not in (NOTE, INSTRUMENT):
+            i += 1
+            continue
+        j = i
+        while j < n and kind[j] == k:
+            j += 1
+        if j - i > 1:
+            run = out[i:j]
+            if k == INSTRUMENT:
+                out[i:j] = np.sort(run)
+            else:
+                key = np.lexsort((vocab.pitch[run], vocab.family[run], vocab.vbin[run] > 0))
+                out[i:j] = run[key]
+        i = j
+    return out
 
 
 def augment(tokens: np.ndarray, vocab: Vocabulary, rng: np.random.Generator, max_semitones: int = 6,

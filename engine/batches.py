@@ -19,7 +19,7 @@ import numpy as np
 
 from musebridge.errors import DataError
 
-from .augment import random_transpose, scale_velocity
+from .augment import random_transpose, revoice, scale_velocity
 from .dataset import TokenShards
 from .features import UNKNOWN, add_structure, features
 from .vocab import INSTRUMENT, STYLE
@@ -42,8 +42,12 @@ class WindowSampler:
                                     for o, n in zip(self.offsets, self.lengths)], np.int64)
 
     def batch(self, size: int, rng: np.random.Generator, augment: bool = True, max_transpose: int = 6,
-              structure_dropout: float = 0.5, prefix_share: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-        """(tokens [B, T+1], feats [B, T+1, 5]): inputs are [:, :-1], targets [:, 1:]."""
+              structure_dropout: float = 0.5, prefix_share: float = 0.0,
+              revoice_share: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens [B, T+1], feats [B, T+1, 5]): inputs are [:, :-1], targets [:, 1:].
+
+        `revoice_share` of the augmented windows have one melodic part moved to another
+        family (`augment.revoice`)."""
         t = self.length + 1
         n = len(self.tokens)
         toks = np.full((size, t), self.vocab.pad, np.int64)
@@ -62,6 +66,8 @@ class WindowSampler:
             if augment:
                 w = random_transpose(w, self.vocab, rng, max_transpose)
                 w = scale_velocity(w, self.vocab, float(rng.uniform(0.8, 1.2)))
+                if revoice_share and rng.random() < revoice_share:
+                    w = revoice(w, self.vocab, rng)
             toks[row, : len(w)] = w
             feats[row, : len(w)] = self.feats[idx]
             if rng.random() >= structure_dropout:

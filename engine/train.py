@@ -56,6 +56,7 @@ class TrainConfig:
     model_overrides: dict = field(default_factory=dict)
     init: str | None = None  # start from this model folder's weights (fine-tuning), not random
     prefix_share: float = 0.9  # windows cut mid-piece that start with their piece's prefix
+    revoice_share: float = 0.25  # augmented windows with one melodic part on another family
 
 
 class TrainError(MuseBridgeError):
@@ -106,7 +107,7 @@ def loss_fn(model, toks: torch.Tensor, feats: torch.Tensor, pad: int,
         logits = model(x, f)
         return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=pad)
     toks2, feats2, lam = mix
-    logits = model.forward_mixed(x, f, toks2[:, :-1], feats2[:, :-1], lam)
+    logits = model(x, f, mix=(toks2[:, :-1], feats2[:, :-1], lam))
     lg = logits.flatten(0, 1).float()
     return lam * F.cross_entropy(lg, y.flatten(), ignore_index=pad) + (1 - lam) * F.cross_entropy(
         lg, toks2[:, 1:].flatten(), ignore_index=pad)
@@ -243,15 +244,15 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, log: Callable[[di
         for g in opt.param_groups:
             g["lr"] = lr
         b = train_s.batch(cfg.batch_size, rng, cfg.augment, transpose_at(step, cfg), cfg.structure_dropout,
-                          cfg.prefix_share)
+                          cfg.prefix_share, cfg.revoice_share)
         toks, feats = to_dev(b)
         mix = None
         if cfg.mixup > 0:
             b2 = train_s.batch(cfg.batch_size, rng, cfg.augment, transpose_at(step, cfg), cfg.structure_dropout,
-                               cfg.prefix_share)
+                               cfg.prefix_share, cfg.revoice_share)
             mix = (*to_dev(b2), float(rng.beta(cfg.mixup, cfg.mixup)))
         with amp:
-            loss = loss_fn(net if mix is None else model, toks, feats, vocab.pad, mix)
+            loss = loss_fn(net, toks, feats, vocab.pad, mix)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from musebridge.engine.augment import augment, scale_velocity, stretch_time, transpose, transpose_range
+from musebridge.engine.augment import REVOICE_FAMILIES, augment, revoice, scale_velocity, stretch_time, transpose, transpose_range
 from musebridge.engine.events import Note, Piece
 from musebridge.engine.tokenizer import decode_tokens, encode_piece
 from musebridge.engine.vocab import VocabConfig, Vocabulary
@@ -50,3 +50,34 @@ def test_random_augment_keeps_tokens_valid():
             out = augment(toks, vocab, rng)
             d = decode_tokens(out, vocab)
             assert len(d.notes) == 4
+
+
+def test_revoice_moves_one_melodic_part_whole_and_keeps_the_encoders_order(vocab):
+    """A part re-voiced is the piece the tokenizer would write with that part on the new
+    family: same notes and times, the instrument token moved, bass and drums untouched."""
+    piece = Piece(notes=[Note(0, 1, 60, 80, "piano"), Note(0, 1, 64, 80, "piano"), Note(1, 1, 67, 70, "piano"),
+                         Note(0, 2, 72, 90, "strings"), Note(0, 0.5, 30, 100, "bass"), Note(0, 0.25, 36, 110, "drums")],
+                  style="pop")
+    toks = encode_piece(piece, vocab)
+    seen = set()
+    for seed in range(40):
+        out = revoice(toks, vocab, np.random.default_rng(seed))
+        got = decode_tokens(out, vocab)
+        moved = set(got.families) - set(piece.families)
+        assert len(moved) == 1 and moved <= set(REVOICE_FAMILIES)
+        (new,) = moved
+        (old,) = set(piece.families) - set(got.families)
+        assert old in ("piano", "strings")
+        seen.add(old)
+        want = Piece(notes=[Note(n.start, n.duration, n.pitch, n.velocity, new if n.family == old else n.family)
+                            for n in piece.notes], style="pop")
+        assert out.tolist() == encode_piece(want, vocab).tolist()  # the canonical order, prefix included
+        lo, hi = min(n.pitch for n in piece.notes if n.family == old), max(n.pitch for n in piece.notes if n.family == old)
+        f = vocab.families[vocab.family_index[new]]
+        assert f.low <= lo and hi <= f.high
+    assert seen == {"piano", "strings"}
+
+
+def test_revoice_leaves_a_window_of_bass_and_drums_alone(vocab):
+    toks = encode_piece(Piece(notes=[Note(0, 0.5, 30, 100, "bass"), Note(0, 0.25, 36, 110, "drums")]), vocab)
+    assert revoice(toks, vocab, np.random.default_rng(0)).tolist() == toks.tolist()
