@@ -4,6 +4,8 @@ Every model scores the same tokens: the split's stream cut into windows of `seq_
 each token predicted from what precedes it inside its window (the first token of each
 window is not scored). Structure features are withheld, as in a live jam. Reported in
 nats per token and bits per note (a note being a note-on: what a listener counts).
+`sources` narrows the split to the pieces of some collections (e.g. the band-context
+test set, `pop909_band`): their tokens, in stream order, are scored as one stream.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from musebridge.errors import DataError
 
 from .dataset import TokenShards
 from .features import features
@@ -37,13 +41,36 @@ def scored_positions(n: int, seq_len: int) -> np.ndarray:
     return np.concatenate([np.arange(s + 1, e) for s, e in _windows(n, seq_len)])
 
 
-def eval_torch(model, shards: TokenShards, split: str, seq_len: int = 2048, batch: int = 4) -> tuple[float, int]:
+def scored_pieces(shards: TokenShards, split: str, sources: tuple[str, ...] = ()) -> list[dict]:
+    """The split's pieces, or those of the named sources; an unknown source is one line."""
+    pieces = shards.split_pieces(split)
+    if not sources:
+        return pieces
+    known = sorted({p["source"] for p in shards.pieces})
+    unknown = [s for s in sources if s not in known]
+    if unknown:
+        raise DataError(f"{shards.folder} has no source {', '.join(map(repr, unknown))}; it holds {', '.join(known)}")
+    picked = [p for p in pieces if p["source"] in sources]
+    if not picked:
+        raise DataError(f"the {split} split of {shards.folder} holds no piece of {', '.join(sources)}")
+    return picked
+
+
+def eval_tokens(shards: TokenShards, split: str, sources: tuple[str, ...] = ()) -> np.ndarray:
+    """The tokens every model scores: the split's stream, or its pieces of `sources`."""
+    stream = np.asarray(shards.tokens(split))
+    if not sources:
+        return stream.astype(np.int64)
+    pieces = scored_pieces(shards, split, sources)
+    return np.concatenate([stream[p["offset"] : p["offset"] + p["tokens"]] for p in pieces]).astype(np.int64)
+
+
+def eval_torch(model, toks: np.ndarray, vocab, seq_len: int = 2048, batch: int = 4) -> tuple[float, int]:
     """Total nats and scored-token count of a torch model (MuseModel or the LSTM)."""
     import torch
     import torch.nn.functional as F
 
-    toks = np.asarray(shards.tokens(split)).astype(np.int64)
-    feats = features(toks, shards.vocab)
+    feats = features(toks, vocab)
     total, count = 0.0, 0
     wins = _windows(len(toks), seq_len)
     model.eval()
@@ -51,7 +78,7 @@ def eval_torch(model, shards: TokenShards, split: str, seq_len: int = 2048, batc
         for i in range(0, len(wins), batch):
             group = wins[i : i + batch]
             width = max(e - s for s, e in group)
-            t = np.full((len(group), width), shards.vocab.pad, np.int64)
+            t = np.full((len(group), width), vocab.pad, np.int64)
             f = np.zeros((len(group), width, 5), np.int64)
             f[..., 3:] = 128
             mask = np.zeros((len(group), width), bool)
@@ -68,15 +95,10 @@ def eval_torch(model, shards: TokenShards, split: str, seq_len: int = 2048, batc
     return total, count
 
 
-def eval_ngram(ngram, shards: TokenShards, split: str, seq_len: int = 2048) -> tuple[float, int]:
-    toks = np.asarray(shards.tokens(split)).astype(np.int64)
+def eval_ngram(ngram, toks: np.ndarray, seq_len: int = 2048) -> tuple[float, int]:
     pos = scored_positions(len(toks), seq_len)
     lp = ngram.log_probs(toks, start=1)  # lp[i] is the log prob of token i+1
     return float(-lp[pos - 1].sum()), len(pos)
-
-
-def split_notes(shards: TokenShards, split: str) -> int:
-    return sum(p["notes"] for p in shards.split_pieces(split))
 
 
 def row(name: str, params: int, nats: float, count: int, notes: int, seconds: float) -> EvalRow:
@@ -84,13 +106,14 @@ def row(name: str, params: int, nats: float, count: int, notes: int, seconds: fl
 
 
 def evaluate(data: str | Path, models: dict[str, str | Path], ngram_path: str | Path | None, split: str = "test",
-             seq_len: int = 2048) -> list[EvalRow]:
+             seq_len: int = 2048, sources: tuple[str, ...] = ()) -> list[EvalRow]:
     """Rows for each named model folder, and the n-gram if given."""
     from .baselines import NGramModel
     from .checkpoint import load_model
 
     shards = TokenShards(data)
-    notes = split_notes(shards, split)
+    notes = sum(p["notes"] for p in scored_pieces(shards, split, sources))
+    toks = eval_tokens(shards, split, sources)
     rows = []
     for name, folder in models.items():
         t0 = time.time()
@@ -99,12 +122,12 @@ def evaluate(data: str | Path, models: dict[str, str | Path], ngram_path: str | 
             from musebridge.errors import MuseBridgeError
 
             raise MuseBridgeError(f"model {folder} was trained with another vocabulary than {data}; evaluate it on its own data")
-        nats, count = eval_torch(model, shards, split, seq_len)
+        nats, count = eval_torch(model, toks, shards.vocab, seq_len)
         rows.append(row(name, sum(p.numel() for p in model.parameters()), nats, count, notes, time.time() - t0))
     if ngram_path is not None:
         t0 = time.time()
         ng = NGramModel.load(ngram_path)
-        nats, count = eval_ngram(ng, shards, split, seq_len)
+        nats, count = eval_ngram(ng, toks, seq_len)
         n_params = int(sum(len(k) for k in ng.keys) + len(ng.unigram))
         rows.append(row(f"{ng.order}-gram", n_params, nats, count, notes, time.time() - t0))
     return rows

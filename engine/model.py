@@ -250,17 +250,22 @@ class MuseModel(nn.Module):
         x = x + self.chord(f[..., 2]) + self.part(f[..., 3]) + self.countdown(f[..., 4])
         return self.drop(x)
 
-    def forward(self, tokens: torch.Tensor, feats: torch.Tensor, dense: bool = False) -> torch.Tensor:
-        """Logits [B,T,V] for a sequence starting at position 0."""
-        return self.head(self._blocks(self.embed(tokens, feats), dense))
+    def forward(self, tokens: torch.Tensor, feats: torch.Tensor, dense: bool = False,
+                mix: tuple[torch.Tensor, torch.Tensor, float] | None = None) -> torch.Tensor:
+        """Logits [B,T,V] for a sequence starting at position 0.
+
+        `mix` = (tokens2, feats2, lam) is MuseNet's embedding mixup: the blocks see
+        lam·emb(a) + (1-lam)·emb(b). It goes through `forward`, never a method of its own,
+        so a DistributedDataParallel wrapper sees (and averages) the mixed pass too."""
+        x = self.embed(tokens, feats)
+        if mix is not None:
+            tokens2, feats2, lam = mix
+            x = lam * x + (1 - lam) * self.embed(tokens2, feats2)
+        return self.head(self._blocks(x, dense))
 
     def hidden(self, tokens: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """Final hidden states [B,T,d] (the trunk the critic and style classifier use)."""
         return self._blocks(self.embed(tokens, feats))
-
-    def forward_mixed(self, tokens, feats, tokens2, feats2, lam: float) -> torch.Tensor:
-        """MuseNet's embedding mixup: the blocks see lam·emb(a) + (1-lam)·emb(b)."""
-        return self.head(self._blocks(lam * self.embed(tokens, feats) + (1 - lam) * self.embed(tokens2, feats2)))
 
     def _blocks(self, x: torch.Tensor, dense: bool = False) -> torch.Tensor:
         t = x.shape[1]

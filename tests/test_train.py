@@ -189,3 +189,50 @@ def test_torchrun_ddp_two_processes(data, tmp_path):
     assert [r["event"] for r in log].count("start") == 1  # rank 0 alone writes the log
     assert log[-1]["event"] == "end" and log[-1]["step"] == 3
     load_model(tmp_path / "run" / "model")
+
+
+def test_mixup_steps_go_through_the_ddp_wrapper(data, tmp_path, monkeypatch):
+    """Under torchrun the mixed forward pass must run through DistributedDataParallel,
+    or its gradients skip DDP's all-reduce and the replicas drift apart. The wrapper here
+    stands in for DDP (a one-process group cannot be made without a rendezvous)."""
+    import torch.distributed as dist
+    import torch.nn.parallel
+
+    calls = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args, **kwargs):
+            calls.append(kwargs.get("mix") is not None)
+            return self.module(*args, **kwargs)
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: None)
+    monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: None)
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", Spy)
+    train(data, tmp_path / "run", _cfg(mixup=0.4))
+    assert calls == [True] * 4  # every training step, mixed, through the wrapper
+
+
+def test_eval_scores_one_collection_of_the_split(data, tmp_path):
+    """`eval --source` (the band-context test set) scores only that collection's pieces."""
+    from musebridge.engine.evaluate import eval_tokens
+    from musebridge.errors import DataError
+
+    shards = TokenShards(data)
+    sources = sorted({p["source"] for p in shards.pieces})
+    assert len(sources) == 2
+    one = sources[0]
+    mine = [p for p in shards.split_pieces("train") if p["source"] == one]
+    toks = eval_tokens(shards, "train", (one,))
+    assert len(toks) == sum(p["tokens"] for p in mine) < len(shards.tokens("train"))
+    assert toks[: mine[0]["tokens"]].tolist() == shards.piece_tokens(mine[0]).tolist()
+    ng = NGramModel(len(shards.vocab)).fit(np.asarray(shards.tokens("train")))
+    ng.save(tmp_path / "ngram.npz")
+    (row,) = evaluate(data, {}, tmp_path / "ngram.npz", split="train", seq_len=128, sources=(one,))
+    assert row.tokens < len(toks)  # each window's first token is not scored
+    with pytest.raises(DataError, match="no source 'nope'"):
+        eval_tokens(shards, "train", ("nope",))
