@@ -13,8 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from musebridge.engine.families import FAMILIES
-from musebridge.engine.sampling import FOLLOW_CONTROLS
+from musebridge.engine.music.families import FAMILIES
+from musebridge.engine.decode.sampling import FOLLOW_CONTROLS
 from musebridge.errors import MuseBridgeError
 
 from .config import MODES

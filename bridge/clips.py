@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from musebridge.engine.events import Note, NoteOff, NoteOn, Piece, Tempo, TimeSignature, iter_notes
-from musebridge.engine.midi_file import write_midi
+from musebridge.engine.music.events import Note, NoteOff, NoteOn, Piece, Tempo, TimeSignature, iter_notes
+from musebridge.engine.music.midi_file import write_midi
 
 
 @dataclass

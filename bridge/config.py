@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from musebridge.engine.families import FAMILIES
-from musebridge.engine.sampling import ControlError, SamplingControls
+from musebridge.engine.music.families import FAMILIES
+from musebridge.engine.decode.sampling import ControlError, SamplingControls
 
 MODES = ("call", "accompany", "oneshot")
 MODE_NAMES = {"call": "call and response", "accompany": "accompany", "oneshot": "one-shot"}

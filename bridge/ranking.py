@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from musebridge.engine.vocab import Vocabulary
+from musebridge.engine.music.vocab import Vocabulary
 
 from .timeline import Candidate
 
@@ -34,7 +34,7 @@ LIKELIHOOD = Ranker("likelihood", by_likelihood)
 
 def by_critic(critic) -> Ranker:
     """Rank by an opened critic (`critic_score.open_critic`): P(real) of prompt + candidate."""
-    from musebridge.engine.critic_score import critic_scores
+    from musebridge.engine.decode.critic_score import critic_scores
 
     def score(candidates: list[Candidate]) -> list[float]:
         return critic_scores(critic, candidates[0].prompt, [c.tokens for c in candidates]) if candidates else []
@@ -46,8 +46,8 @@ def open_ranker(model: str | Path | None, vocab: Vocabulary, threads: int = 1) -
     """The critic in `model`'s folder (default: the shipped model), its graph built on first
     use and opened now -- not at a phrase end -- on `threads` ORT threads (the jam's worker
     scores between two answers: one); the likelihood ranker when the folder has no critic."""
-    from musebridge.engine.checkpoint import DEFAULT_MODEL
-    from musebridge.engine.critic_score import ClassifierFileError, open_critic
+    from musebridge.engine.training.checkpoint import DEFAULT_MODEL
+    from musebridge.engine.decode.critic_score import ClassifierFileError, open_critic
 
     folder = Path(model or DEFAULT_MODEL) / "critic"
     if not (folder / "classifier.json").exists():

@@ -27,10 +27,10 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from musebridge.engine.events import Event, Note, NoteOff, NoteOn, Pedal
-from musebridge.engine.families import FAMILIES, family_for_program
-from musebridge.engine.midi_file import family_channels
-from musebridge.engine.sampling import LogitShaper
+from musebridge.engine.music.events import Event, Note, NoteOff, NoteOn, Pedal
+from musebridge.engine.music.families import FAMILIES, family_for_program
+from musebridge.engine.music.midi_file import family_channels
+from musebridge.engine.decode.sampling import LogitShaper
 from musebridge.errors import MuseBridgeError
 
 from .cc_map import CCMap
@@ -150,7 +150,7 @@ class JamSession:
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        from musebridge.engine.backends import open_runtime
+        from musebridge.engine.decode.backends import open_runtime
 
         # Python hands the GIL between threads every 5 ms by default: a scheduler thread
         # waiting on a worker busy in Python code would send up to 5 ms late. 0.5 ms.

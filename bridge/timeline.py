@@ -23,13 +23,13 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from musebridge.engine.events import Event, NoteOff, NoteOn
-from musebridge.engine.runtime import CachedRuntime
-from musebridge.engine.follow import PlayerProfile
-from musebridge.engine.row_decoder import RowDecoder
-from musebridge.engine.sampling import NEG, Grammar, LogitShaper
-from musebridge.engine.tokenizer import StreamEncoder
-from musebridge.engine.vocab import NOTE, WAIT, Vocabulary
+from musebridge.engine.music.events import Event, NoteOff, NoteOn
+from musebridge.engine.decode.runtime import CachedRuntime
+from musebridge.engine.decode.follow import PlayerProfile
+from musebridge.engine.decode.row_decoder import RowDecoder
+from musebridge.engine.decode.sampling import NEG, Grammar, LogitShaper
+from musebridge.engine.music.tokenizer import StreamEncoder
+from musebridge.engine.music.vocab import NOTE, WAIT, Vocabulary
 
 # what generate_ranked expects scoring and playing the winner to take, a candidate, until it
 # has timed them (the shipped critic reads a window in 5-20 ms on one thread here)
@@ -178,7 +178,7 @@ class Timeline:
         ans = Answer()
         self.advance_to(start)
         held = {(v.family_index[f], p): round(onset * self.tpb) for (f, p), onset in self.model_sounding.items()}
-        # the one decode step (engine/row_decoder.py): grammar, guard, density and following the player
+        # the one decode step (engine/decode/row_decoder.py): grammar, guard, density and following the player
         row = RowDecoder(v, shaper, self.grammar, rng, self.profile.heard(self.time), tick=self.encoder.tick,
                          source=self.rt.source, held=held)
         end_tick = round(end * self.tpb)

@@ -1,3 +1,1 @@
-"""MuseBridge: a realtime MIDI co-composer that sits beside your DAW."""
-
-__version__ = "0.1.0"
+"""The `musebridge` command (click): one thin module per command group over the library."""

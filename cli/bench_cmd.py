@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .errors import MuseBridgeError
+from musebridge.errors import MuseBridgeError
 
 OURS = ["onnxruntime", "torch", "torch_cuda", "torch_cuda_graphs", "tensorrt"]
 BASELINES = ["torch_eager", "hf_transformers"]
@@ -22,7 +22,7 @@ BASELINES = ["torch_eager", "hf_transformers"]
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the report here.")
 def bench(model_dir, backends, baselines, threads, json_out) -> None:
     """Prefill, decode step, note append, first token, realtime factor and peak RSS per backend."""
-    from musebridge.engine import bench as B
+    from musebridge.engine.decode import bench as B
 
     wanted = OURS if backends == "all" else [b.strip() for b in backends.split(",") if b.strip()]
     unknown = [b for b in wanted if b not in OURS + BASELINES]

@@ -1,6 +1,6 @@
 """`musebridge continuations`: the continuation benchmark from the command line.
 
-A thin shell over `engine/continuation_bench.py`: pick the prompts (a data folder's split
+A thin shell over `engine/decode/continuation_bench.py`: pick the prompts (a data folder's split
 or folders of MIDI files), the systems (the model, the n-gram when there is one, and
 always the real continuation and "repeat the last bar"), run, print the table per style,
 write JSON and a PNG sheet of piano rolls.
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import click
 
-from .errors import MuseBridgeError
-from .files import write_atomic
+from musebridge.errors import MuseBridgeError
+from musebridge.files import write_atomic
 from .options import Checked, decoding_options
 
 
@@ -39,11 +39,11 @@ from .options import Checked, decoding_options
 def continuations(data, midi_dirs, split, prompt_bars, bars, limit, seeds, model_dir, ngram, decoding,
                   backend, json_out, png, markdown, rolls) -> None:
     """Continue real prompts and measure the answers beside the real next bars."""
-    from musebridge.engine.backends import open_runtime
-    from musebridge.engine.baselines import NGramModel, NGramRuntime
-    from musebridge.engine.continuation_bench import (cases_from_folder, cases_from_split, markdown_table,
+    from musebridge.engine.decode.backends import open_runtime
+    from musebridge.engine.training.baselines import NGramModel, NGramRuntime
+    from musebridge.engine.decode.continuation_bench import (cases_from_folder, cases_from_split, markdown_table,
                                                        require_matplotlib, roll_sheet, run, table)
-    from musebridge.engine.sampling import SamplingControls
+    from musebridge.engine.decode.sampling import SamplingControls
 
     if not data and not midi_dirs:
         raise click.UsageError("give prompts: --data DATA (its --split) and/or --midi FOLDER")

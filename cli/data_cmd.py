@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .errors import VocabError
+from musebridge.errors import VocabError
 
 
 @click.group()
@@ -33,8 +33,8 @@ def data() -> None:
 @click.option("--velocity-bins", type=int, default=8, show_default=True)
 def build_cmd(sources, out, workers, timeout, limit, fresh, time_mode, ticks_per_beat, velocity_bins) -> None:
     """Parse, tokenize and shard every piece of the sources into OUT."""
-    from musebridge.engine.data_build import build, collect_tasks
-    from musebridge.engine.vocab import VocabConfig
+    from musebridge.engine.data.data_build import build, collect_tasks
+    from musebridge.engine.music.vocab import VocabConfig
 
     try:
         config = VocabConfig(time_mode=time_mode, ticks_per_beat=ticks_per_beat, velocity_bins=velocity_bins)
@@ -83,7 +83,7 @@ def build_cmd(sources, out, workers, timeout, limit, fresh, time_mode, ticks_per
 @click.argument("folder", type=click.Path())
 def stats_cmd(folder: str) -> None:
     """Pieces, notes and tokens per split and per style label."""
-    from musebridge.engine.dataset import TokenShards
+    from musebridge.engine.data.dataset import TokenShards
 
     shards = TokenShards(folder)
     splits, styles = shards.stats()

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from .errors import MuseBridgeError
+from musebridge.errors import MuseBridgeError
 
 
 @click.command()

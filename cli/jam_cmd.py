@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .errors import MuseBridgeError
+from musebridge.errors import MuseBridgeError
 from .options import Checked, decoding_options, duration_seconds
 
 
@@ -29,7 +29,7 @@ from .options import Checked, decoding_options, duration_seconds
 @click.option("--model", "model_dir", type=click.Path(), default=None, help="Model folder (default: the shipped model).")
 @click.option("--style", default=None, help="Style label from the model's vocabulary.")
 @click.option("--strength", "strengths", multiple=True, metavar="FAMILY=S", help="Instrument strengths, e.g. bass=1,drums=0.")
-@click.option("--seed", type=Checked(click.INT, "sampling.check_seed"), default=None, help="Same seed, same answers (0 to 2^32-1).")
+@click.option("--seed", type=Checked(click.INT, "decode.sampling.check_seed"), default=None, help="Same seed, same answers (0 to 2^32-1).")
 @click.option("--channel", type=int, default=None, help="Listen on this channel only (1-16; default all).")
 @click.option("--in-family", default="piano", show_default=True, help="What the played notes are heard as (channel 10: drums).")
 @click.option("--quantize", type=float, default=0.0, show_default=True, help="0 as played .. 1 on the 16th grid.")
@@ -54,8 +54,8 @@ def jam(in_port, out_port, api, mode, bars, bpm, beats_per_bar, clock, backend, 
     """Play along with the model on MIDI ports, following the DAW's clock."""
     from musebridge.bridge.config import JamConfig
     from musebridge.bridge.session import JamSession, json_listener
-    from musebridge.engine.checkpoint import DEFAULT_MODEL, load_vocab
-    from musebridge.engine.sampling import SamplingControls, parse_strengths
+    from musebridge.engine.training.checkpoint import DEFAULT_MODEL, load_vocab
+    from musebridge.engine.decode.sampling import SamplingControls, parse_strengths
 
     vocab = load_vocab(model_dir or DEFAULT_MODEL)
     if style is not None and style not in vocab.styles:

@@ -11,8 +11,8 @@ import traceback
 
 import click
 
-from . import __version__
-from .errors import MuseBridgeError
+from musebridge import __version__
+from musebridge.errors import MuseBridgeError
 from .data_cmd import data
 from .gui_cmd import gui
 from .bench_cmd import bench

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from .errors import MuseBridgeError
+from musebridge.errors import MuseBridgeError
 from .options import Checked, decoding_options
 
 
@@ -46,13 +46,13 @@ def train(data, model, arch, generator, samples, out, steps, batch_size, seq_len
         raise MuseBridgeError("training needs PyTorch: pip install torch==2.13.0 (CPU) then pip install -e '.[train]'") from None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from musebridge.engine.train import TrainConfig, train as run_train
+    from musebridge.engine.training.train import TrainConfig, train as run_train
 
     if arch == "ngram":
         _fit_ngram(data, out)
         return
     if arch in ("critic", "style"):
-        from musebridge.engine.critic import train_critic, train_style
+        from musebridge.engine.training.critic import train_critic, train_style
 
         with Console(stderr=True).status(f"training the {arch} classifier"):
             if arch == "critic":
@@ -107,8 +107,8 @@ def _fit_ngram(data: str, out: str) -> None:
 
     import numpy as np
 
-    from musebridge.engine.baselines import NGramModel
-    from musebridge.engine.dataset import TokenShards
+    from musebridge.engine.training.baselines import NGramModel
+    from musebridge.engine.data.dataset import TokenShards
 
     t0 = time.time()
     shards = TokenShards(data)
@@ -138,8 +138,8 @@ def evaluate(data, models, baselines, split, seq_len, json_out, style_classifier
 
     from rich.table import Table
 
-    from musebridge.engine.checkpoint import DEFAULT_MODEL
-    from musebridge.engine.evaluate import evaluate as run_eval
+    from musebridge.engine.training.checkpoint import DEFAULT_MODEL
+    from musebridge.engine.training.evaluate import evaluate as run_eval
 
     named = {Path(m).name if Path(m).name != "model" else Path(m).parent.name: m for m in (models or [str(DEFAULT_MODEL)])}
     ngram = None
@@ -162,7 +162,7 @@ def evaluate(data, models, baselines, split, seq_len, json_out, style_classifier
     Console().print(t)
     result = {"split": split, "sources": list(sources), "nll": [asdict(r) for r in rows]}
     if style_classifier:
-        from musebridge.engine.critic import style_scores
+        from musebridge.engine.training.critic import style_scores
 
         result["style_score"] = {}
         for name, folder in named.items():
@@ -178,15 +178,15 @@ def evaluate(data, models, baselines, split, seq_len, json_out, style_classifier
 
 @click.command()
 @click.option("--prompt", type=click.Path(), default=None, help="A .mid file to continue (default: start from silence).")
-@click.option("--bars", type=Checked(click.FLOAT, "generate.check_bars"), default=8, show_default=True,
+@click.option("--bars", type=Checked(click.FLOAT, "decode.generate.check_bars"), default=8, show_default=True,
               help="Length of the continuation in bars (up to 256).")
 @click.option("--style", default=None, help="Style/composer label from the model's vocabulary (see --list-styles).")
 @click.option("--strength", "strengths", multiple=True, metavar="FAMILY=S",
               help="Instrument strengths 0..1, e.g. piano=1,drums=0 (0 mutes, 0.5 neutral, 1 favours).")
 @click.option("--key", default=None, help="Keep pitched notes in a key, e.g. 'C major', 'F# minor'.")
-@click.option("--density", type=Checked(click.FLOAT, "sampling.check_density"), default=None, help="Target note-ons per beat.")
-@click.option("--seed", type=Checked(click.INT, "sampling.check_seed"), default=None, help="Same seed, same notes (0 to 2^32-1).")
-@click.option("--variations", type=Checked(click.INT, "generate.check_variations"), default=1, show_default=True,
+@click.option("--density", type=Checked(click.FLOAT, "decode.sampling.check_density"), default=None, help="Target note-ons per beat.")
+@click.option("--seed", type=Checked(click.INT, "decode.sampling.check_seed"), default=None, help="Same seed, same notes (0 to 2^32-1).")
+@click.option("--variations", type=Checked(click.INT, "decode.generate.check_variations"), default=1, show_default=True,
               help="How many continuations (written as OUT-1.mid, ...).")
 @click.option("--with-prompt", is_flag=True, help="Write the prompt before the continuation.")
 @click.option("--model", "model_dir", type=click.Path(), default=None, help="Model folder (default: the shipped model).")
@@ -200,10 +200,10 @@ def evaluate(data, models, baselines, split, seq_len, json_out, style_classifier
 def generate(prompt, bars, style, strengths, decoding, key, density, seed, variations, with_prompt,
              model_dir, critic, out, list_styles, backend) -> None:
     """Continue a MIDI prompt with the model and write the result as MIDI."""
-    from musebridge.engine.checkpoint import load_vocab, DEFAULT_MODEL
-    from musebridge.engine.events import Piece
-    from musebridge.engine.midi_file import read_midi, write_midi
-    from musebridge.engine.sampling import SamplingControls, parse_strengths
+    from musebridge.engine.training.checkpoint import load_vocab, DEFAULT_MODEL
+    from musebridge.engine.music.events import Piece
+    from musebridge.engine.music.midi_file import read_midi, write_midi
+    from musebridge.engine.decode.sampling import SamplingControls, parse_strengths
 
     folder = Path(model_dir) if model_dir else DEFAULT_MODEL
     vocab = load_vocab(folder)
@@ -219,8 +219,8 @@ def generate(prompt, bars, style, strengths, decoding, key, density, seed, varia
         parsed.update(parse_strengths(s, vocab))
     controls = SamplingControls(**decoding, seed=seed, strengths=parsed, key=key, density=density)
     piece = read_midi(prompt) if prompt else Piece()
-    from musebridge.engine.backends import open_runtime
-    from musebridge.engine.generate import generate as run_generate
+    from musebridge.engine.decode.backends import open_runtime
+    from musebridge.engine.decode.generate import generate as run_generate
 
     critic_dir = Path(critic) if critic else folder / "critic"
     ranking = variations > 1 and (critic or (critic_dir / "classifier.json").exists())  # on ONNX Runtime: no torch needed
@@ -231,7 +231,7 @@ def generate(prompt, bars, style, strengths, decoding, key, density, seed, varia
     results = run_generate(runtime, piece, bars, controls, style, variations)
     scores = [None] * len(results)
     if ranking:
-        from musebridge.engine.critic_score import rank_continuations
+        from musebridge.engine.decode.critic_score import rank_continuations
 
         scores = rank_continuations(critic_dir, piece, [r.tokens for r in results], vocab, style)
         order = sorted(range(len(results)), key=lambda i: -scores[i])
@@ -240,7 +240,7 @@ def generate(prompt, bars, style, strengths, decoding, key, density, seed, varia
     for res, path, score in zip(results, outs, scores):
         clip = res.piece
         if with_prompt:
-            from musebridge.engine.events import Note
+            from musebridge.engine.music.events import Note
 
             shift = piece.end
             clip = Piece(notes=piece.notes + [Note(n.start + shift, n.duration, n.pitch, n.velocity, n.family) for n in clip.notes],
@@ -258,7 +258,7 @@ def generate(prompt, bars, style, strengths, decoding, key, density, seed, varia
 def _check_critic(folder: Path, vocab) -> None:
     """A critic folder that exists, loads (its graph built and opened), and reads this model's tokens --
     or one line saying which not."""
-    from musebridge.engine.critic_score import open_critic
+    from musebridge.engine.decode.critic_score import open_critic
 
     if not folder.is_dir():
         raise MuseBridgeError(f"critic folder {folder} not found; pass a folder written by musebridge train --arch critic")
@@ -278,14 +278,14 @@ def pack(model_dir, critic, out, card) -> None:
     """Pack a model for shipping: fp16 safetensors + config + vocabulary (+ critic)."""
     import json
 
-    from musebridge.engine.checkpoint import load_model, save_model
+    from musebridge.engine.training.checkpoint import load_model, save_model
 
     model, vocab, info = load_model(model_dir)
     if card:
         info = {**info, **json.loads(Path(card).read_text())}
     save_model(out, model, vocab, info, half=True)
     if critic:
-        from musebridge.engine.critic import load_classifier, save_classifier
+        from musebridge.engine.training.critic import load_classifier, save_classifier
 
         crit, cvocab, cinfo = load_classifier(critic)
         if cvocab != vocab:
@@ -310,7 +310,7 @@ def export(model_dir, out, dtype, check) -> None:
         click.echo(f"{path}: {kind} graph, {path.stat().st_size / 1e6:.1f} MB")
     if not check:
         return
-    from musebridge.engine.backends import available_backends
+    from musebridge.engine.decode.backends import available_backends
 
     if "torch" not in available_backends():
         click.echo("parity check skipped: PyTorch is not installed (pip install torch==2.13.0)")

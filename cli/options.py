@@ -1,6 +1,6 @@
 """Option types for numbers the engine has rules for: `--seed -1`, `--temperature nan` or
 `--duration inf` are refused while the command line is read, before any model loads, by
-the very rule the app and the jam session apply (engine/sampling.py, engine/generate.py),
+the very rule the app and the jam session apply (engine/decode/sampling.py, engine/decode/generate.py),
 so the CLI and the session always accept the same values.
 
 A refused value is a `MuseBridgeError`: one line, `error: --seed -1 is invalid: ...`, exit 2.
@@ -15,14 +15,14 @@ from typing import Callable
 
 import click
 
-from .errors import MuseBridgeError
+from musebridge.errors import MuseBridgeError
 
 
 class Checked(click.ParamType):
     """`base` (click.INT or click.FLOAT) parsed, then `rule(value, label)` checks it and
     returns the value to use; the rule's ControlError is the one-line error.
 
-    `rule` is a function, or "module.function" in musebridge.engine, imported on first use
+    `rule` is a function, or "package.module.function" in musebridge.engine, imported on first use
     so `musebridge --help` does not load numpy.
     """
 
@@ -63,9 +63,9 @@ _DECODING = (
 
 
 def decoding_options(command: Callable) -> Callable:
-    """Add the decoding controls as options (defaults: engine/decoding_defaults.py) and pass
+    """Add the decoding controls as options (defaults: engine/decode/decoding_defaults.py) and pass
     them to `command` as one dict, `decoding`, ready for `SamplingControls(**decoding)`."""
-    from musebridge.engine.decoding_defaults import DECODING_DEFAULTS
+    from musebridge.engine.decode.decoding_defaults import DECODING_DEFAULTS
 
     names = [name for name, *_ in _DECODING]
 
@@ -75,6 +75,6 @@ def decoding_options(command: Callable) -> Callable:
         return command(*args, **kwargs)
 
     for name, base, rule, help_text in reversed(_DECODING):
-        wrapper = click.option(f"--{name.replace('_', '-')}", name, type=Checked(base, f"sampling.{rule}"),
+        wrapper = click.option(f"--{name.replace('_', '-')}", name, type=Checked(base, f"decode.sampling.{rule}"),
                                default=DECODING_DEFAULTS[name], show_default=True, help=help_text)(wrapper)
     return wrapper

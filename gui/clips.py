@@ -13,7 +13,7 @@ from PyQt6.QtGui import QColor, QDrag, QIcon, QPainter, QPixmap
 from PyQt6.QtWidgets import QAbstractItemView, QListWidget, QListWidgetItem
 
 from musebridge.bridge.clips import Clip, clip_from_answer, timing  # noqa: F401  (the app's clips)
-from musebridge.engine.events import Note, Piece
+from musebridge.engine.music.events import Note, Piece
 
 from . import theme
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from PyQt6.QtWidgets import (QFileDialog, QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QSpinBox,
                              QVBoxLayout)
 
-from musebridge.engine.sampling import SamplingControls
+from musebridge.engine.decode.sampling import SamplingControls
 
 from .clips import Clip, ClipList, clip_from_answer, phrase_before
 from .host import plain
@@ -163,7 +163,7 @@ class ClipsPanelMixin:
         clip = self.clips.current_clip()
         if clip is None:
             return
-        from musebridge.engine.events import Piece
+        from musebridge.engine.music.events import Piece
 
         try:  # every control the clip was made with (a clip from an older version: the rest at their defaults)
             controls = SamplingControls.from_dict(clip.controls).with_(seed=random.randrange(1, 1_000_000))

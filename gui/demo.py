@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from musebridge.engine.events import NoteOff, NoteOn, event_sort_key
-from musebridge.engine.sampling import LogitShaper
+from musebridge.engine.music.events import NoteOff, NoteOn, event_sort_key
+from musebridge.engine.decode.sampling import LogitShaper
 
 # (start beat, length, pitch, velocity): two bars each, A minor, chords under a melody
 PHRASE_A = [(0, 1.5, 57, 72), (0, 1.5, 60, 70), (0, 1.5, 64, 70), (0, 0.5, 76, 96), (0.5, 0.5, 74, 84), (1, 0.5, 72, 88),

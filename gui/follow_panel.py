@@ -10,7 +10,7 @@ from __future__ import annotations
 from PyQt6.QtCore import Qt, pyqtSignal
 from PyQt6.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QMenu, QSlider, QVBoxLayout, QWidget
 
-from musebridge.engine.sampling import FOLLOW_CONTROLS, SamplingControls
+from musebridge.engine.decode.sampling import FOLLOW_CONTROLS, SamplingControls
 
 from . import theme
 

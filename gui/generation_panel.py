@@ -12,7 +12,7 @@ from PyQt6.QtCore import Qt
 from PyQt6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QSlider, QSpinBox,
                              QWidget)
 
-from musebridge.engine.checkpoint import DEFAULT_MODEL, load_vocab
+from musebridge.engine.training.checkpoint import DEFAULT_MODEL, load_vocab
 
 
 def _min_p_text(v: int) -> str:

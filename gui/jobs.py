@@ -15,9 +15,9 @@ from pathlib import Path
 
 from PyQt6.QtCore import QObject, pyqtSignal
 
-from musebridge.engine.checkpoint import DEFAULT_MODEL
-from musebridge.engine.events import Piece
-from musebridge.engine.sampling import SamplingControls
+from musebridge.engine.training.checkpoint import DEFAULT_MODEL
+from musebridge.engine.music.events import Piece
+from musebridge.engine.decode.sampling import SamplingControls
 
 from .clips import Clip
 from .host import plain
@@ -26,7 +26,7 @@ from .host import plain
 def open_runtime(model: str | None, backend: str = "auto"):
     """A fresh batch-1 runtime for offline generation (the backends' own chooser), on one
     thread: variations run beside a live jam, whose runtime must keep the other cores."""
-    from musebridge.engine.backends import open_runtime as _open
+    from musebridge.engine.decode.backends import open_runtime as _open
 
     return _open(model, backend, threads=1)
 
@@ -78,7 +78,7 @@ class GenerateJob(QObject):
             self._cancel.set()
 
     def _run(self, prompt, n, bars, controls, style, beats_per_bar, bpm, source, label) -> None:
-        from musebridge.engine.generate import generate
+        from musebridge.engine.decode.generate import generate
 
         out: list[Clip] = []
         try:
@@ -104,7 +104,7 @@ class GenerateJob(QObject):
                 critic = critic_folder(self.model)
                 if critic is not None and len(out) > 1:
                     self._emit("progress", len(out), n, "ranking with the critic")
-                    from musebridge.engine.critic_score import rank_continuations  # ONNX Runtime: no torch
+                    from musebridge.engine.decode.critic_score import rank_continuations  # ONNX Runtime: no torch
 
                     scores = rank_continuations(critic, prompt, [c._tokens for c in out], self._runtime.vocab, style,
                                                 threads=1)  # beside a live jam, as the runtime

@@ -11,7 +11,7 @@ from __future__ import annotations
 from PyQt6.QtCore import Qt, pyqtSignal
 from PyQt6.QtWidgets import QFrame, QHBoxLayout, QLabel, QMenu, QSlider, QToolButton, QVBoxLayout, QWidget
 
-from musebridge.engine.families import FAMILIES
+from musebridge.engine.music.families import FAMILIES
 
 from . import theme
 

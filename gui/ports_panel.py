@@ -14,7 +14,7 @@ from PyQt6.QtCore import Qt
 from PyQt6.QtWidgets import QComboBox, QFormLayout, QGroupBox
 
 from musebridge.bridge.ports import API_CHOICES
-from musebridge.engine.families import FAMILIES
+from musebridge.engine.music.families import FAMILIES
 
 from . import theme
 from .host import plain

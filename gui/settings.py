@@ -12,7 +12,7 @@ import json
 from PyQt6.QtCore import QSettings
 
 from musebridge.bridge.config import JamConfig
-from musebridge.engine.sampling import FOLLOW_CONTROLS, SamplingControls
+from musebridge.engine.decode.sampling import FOLLOW_CONTROLS, SamplingControls
 
 CONTROL_KEYS = ("temperature", "top_p", "min_p", "seed", *FOLLOW_CONTROLS)  # saved as they are; strengths and mutes apart
 _CONTROLS = SamplingControls()

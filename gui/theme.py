@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from PyQt6.QtGui import QColor, QPalette
 
-from musebridge.engine.families import FAMILIES
+from musebridge.engine.music.families import FAMILIES
 
 BG = "#1b1c1f"  # window
 PANEL = "#232529"  # group boxes, lists

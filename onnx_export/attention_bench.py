@@ -28,8 +28,8 @@ from .graph import ATTENTIONS, build_graph
 def _runtimes(folder, out: Path, threads: int, variants) -> dict:
     import onnx
 
-    from musebridge.engine.checkpoint import load_vocab
-    from musebridge.engine.ort_runtime import OrtRuntime, load_graphs
+    from musebridge.engine.training.checkpoint import load_vocab
+    from musebridge.engine.decode.ort_runtime import OrtRuntime, load_graphs
 
     cfg, weights = read_weights(folder)
     vocab = load_vocab(model_folder(folder))

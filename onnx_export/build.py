@@ -47,13 +47,13 @@ class GraphFileError(MuseBridgeError):
 
 
 def _model_error(msg: str) -> MuseBridgeError:
-    from musebridge.engine.checkpoint import ModelFileError
+    from musebridge.engine.training.checkpoint import ModelFileError
 
     return ModelFileError(msg)
 
 
 def model_folder(folder: str | Path | None) -> Path:
-    from musebridge.engine.checkpoint import DEFAULT_MODEL
+    from musebridge.engine.training.checkpoint import DEFAULT_MODEL
 
     return Path(folder) if folder else DEFAULT_MODEL
 
@@ -61,7 +61,7 @@ def model_folder(folder: str | Path | None) -> Path:
 def read_config(folder: str | Path | None) -> GraphConfig:
     """The graph sizes of a model folder, checked by the same rules as the PyTorch loader
     (`checkpoint.read_model_config`, `load_vocab`): one-line errors for a bad folder."""
-    from musebridge.engine.checkpoint import load_vocab, read_model_config
+    from musebridge.engine.training.checkpoint import load_vocab, read_model_config
 
     folder = model_folder(folder)
     section = read_model_config(folder)["model"]
@@ -76,7 +76,7 @@ def expected_shapes(cfg: GraphConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor of a model of these sizes (`checkpoint.expected_shapes`, the one definition)."""
     from dataclasses import asdict
 
-    from musebridge.engine.checkpoint import expected_shapes as shapes_of
+    from musebridge.engine.training.checkpoint import expected_shapes as shapes_of
 
     return shapes_of(asdict(cfg))
 
@@ -85,7 +85,7 @@ def read_weights(folder: str | Path | None) -> tuple[GraphConfig, dict[str, np.n
     """(config, weights as numpy) of a model folder, checked against each other, their
     checksum and for NaN/huge values by `checkpoint.read_weights` (the PyTorch loader's
     checks). No torch."""
-    from musebridge.engine.checkpoint import read_weights as checked_weights
+    from musebridge.engine.training.checkpoint import read_weights as checked_weights
 
     folder = model_folder(folder)
     cfg = read_config(folder)

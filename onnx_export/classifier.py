@@ -1,10 +1,10 @@
 """The critic / style classifier as one ONNX graph, built from numpy weights (no torch).
 
     inputs   tokens [B,T] int64 (pad after the window), feats [B,T,5] int64
-             (`engine/critic_score.prepare` makes both)
+             (`engine/decode/critic_score.prepare` makes both)
     outputs  logits [B,C] float32, probs [B,C] float32 (their softmax)
 
-The math is `SequenceClassifier.forward` (engine/critic.py): the `MuseModel` trunk over the
+The math is `SequenceClassifier.forward` (engine/training/critic.py): the `MuseModel` trunk over the
 whole window from position 0 (`MuseModel.hidden`), its final hidden states averaged over
 the non-pad positions, then a Linear. The trunk's pieces are the decoder's (graph.py:
 embeddings, rotary, q/k/v, MLP, residual projection). Attention is the blocked form of

@@ -27,7 +27,7 @@ strided heads over their S keys, each group gathered without padding, the gather
 as `past_key`/`past_value` and the new token as K/V. The chunk graph always uses the MatMul
 spelling (its strided heads read different rows per query).
 
-The math is `MuseModel.forward_cached` (engine/model.py); tests/test_onnx.py holds the
+The math is `MuseModel.forward_cached` (engine/training/model.py); tests/test_onnx.py holds the
 graphs to it.
 """
 
@@ -93,7 +93,7 @@ class GraphConfig:
 
 
 def rope_tables(cfg: GraphConfig) -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin [context, head_dim/2] computed as engine/model.py does (fp32 angles)."""
+    """cos, sin [context, head_dim/2] computed as engine/training/model.py does (fp32 angles)."""
     half = cfg.head_dim // 2
     inv = np.float32(1.0) / (np.float32(cfg.rope_base) ** (np.arange(half, dtype=np.float32) / np.float32(half)))
     ang = np.arange(cfg.context, dtype=np.float32)[:, None] * inv.astype(np.float32)[None, :]

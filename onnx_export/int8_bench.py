@@ -41,9 +41,9 @@ def tiny_model(folder: Path) -> Path:
     """The test suite's tiny model (tests/test_onnx.py `tiny`), fp16 weights as models ship."""
     import torch
 
-    from musebridge.engine.checkpoint import save_model
-    from musebridge.engine.model import ModelConfig, MuseModel
-    from musebridge.engine.vocab import Vocabulary
+    from musebridge.engine.training.checkpoint import save_model
+    from musebridge.engine.training.model import ModelConfig, MuseModel
+    from musebridge.engine.music.vocab import Vocabulary
 
     vocab = Vocabulary()
     torch.manual_seed(0)
@@ -56,8 +56,8 @@ def tiny_model(folder: Path) -> Path:
 
 
 def _runtimes(folder, out: Path, threads: int, schemes) -> dict:
-    from musebridge.engine.checkpoint import load_vocab
-    from musebridge.engine.ort_runtime import OrtRuntime, load_graphs
+    from musebridge.engine.training.checkpoint import load_vocab
+    from musebridge.engine.decode.ort_runtime import OrtRuntime, load_graphs
 
     vocab = load_vocab(model_folder(folder))
     rts = {"fp32": OrtRuntime(load_graphs(write_graphs(folder, out / "fp32", "fp32"), threads, "cpu"), vocab)}

@@ -26,11 +26,11 @@ PHRASE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "phrase.mid
 
 def check_prompt(vocab, length: int) -> list[int]:
     """`length` tokens of a real phrase repeated end to end (a made-up chord run if the file is absent)."""
-    from musebridge.engine.events import Note, Piece
-    from musebridge.engine.generate import prompt_tokens
+    from musebridge.engine.music.events import Note, Piece
+    from musebridge.engine.decode.generate import prompt_tokens
 
     if PHRASE.is_file():
-        from musebridge.engine.midi_file import read_midi
+        from musebridge.engine.music.midi_file import read_midi
 
         phrase = read_midi(PHRASE)
     else:
@@ -101,7 +101,7 @@ def parity_check(model_dir=None, onnx_dir=None, dtype: str = "fp32", prompt: int
     `onnx_dir`: exported graphs (default: the cached build). The prompt is cut to fit the
     model's context with room for the appends and steps.
     """
-    from musebridge.engine.backends import open_runtime
+    from musebridge.engine.decode.backends import open_runtime
 
     ref = open_runtime(model_dir, "torch")
     ort = open_runtime(model_dir, "onnxruntime", dtype=dtype, onnx_dir=onnx_dir)

@@ -9,8 +9,8 @@ from pathlib import Path
 import mido
 import pytest
 
-from musebridge.engine.events import Note, Piece
-from musebridge.engine.vocab import Vocabulary
+from musebridge.engine.music.events import Note, Piece
+from musebridge.engine.music.vocab import Vocabulary
 
 from jack_fixtures import jack_server  # noqa: F401  (a fixture: real MIDI ports on a private JACK server)
 
@@ -35,8 +35,8 @@ def save_tiny_model(folder: Path, *, lean_to_notes: bool = False, half: bool = F
     on disk, as models ship."""
     import torch
 
-    from musebridge.engine.checkpoint import save_model
-    from musebridge.engine.model import ModelConfig, MuseModel
+    from musebridge.engine.training.checkpoint import save_model
+    from musebridge.engine.training.model import ModelConfig, MuseModel
 
     vocab = Vocabulary()
     torch.manual_seed(0)
@@ -55,7 +55,7 @@ def note_leaning_model(vocab: Vocabulary, context: int = 256):
     notes (in memory, for TorchRuntime)."""
     import torch
 
-    from musebridge.engine.model import ModelConfig, MuseModel
+    from musebridge.engine.training.model import ModelConfig, MuseModel
 
     torch.manual_seed(0)
     model = MuseModel(ModelConfig(vocab_size=len(vocab), n_layer=1, n_head=2, d_model=32, window=16, context=context))
@@ -133,7 +133,7 @@ def assert_round_trip(original: Piece, decoded: Piece, vocab: Vocabulary) -> Non
     only: one family holds one key once (a re-strike releases the key; unison strikes
     merge), exactly as a MIDI channel does.
     """
-    from musebridge.engine.families import FAMILY_BY_NAME, fold_into_range
+    from musebridge.engine.music.families import FAMILY_BY_NAME, fold_into_range
 
     cfg = vocab.config
     if cfg.time_mode == "beats":

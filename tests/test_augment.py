@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from musebridge.engine.augment import REVOICE_FAMILIES, augment, revoice, scale_velocity, stretch_time, transpose, transpose_range
-from musebridge.engine.events import Note, Piece
-from musebridge.engine.tokenizer import decode_tokens, encode_piece
-from musebridge.engine.vocab import VocabConfig, Vocabulary
+from musebridge.engine.data.augment import REVOICE_FAMILIES, augment, revoice, scale_velocity, stretch_time, transpose, transpose_range
+from musebridge.engine.music.events import Note, Piece
+from musebridge.engine.music.tokenizer import decode_tokens, encode_piece
+from musebridge.engine.music.vocab import VocabConfig, Vocabulary
 
 
 def _piece():

@@ -9,12 +9,12 @@ import mido
 import numpy as np
 import pytest
 
-from musebridge.engine.band_source import (ACCOMPANIMENT_FAMILIES, BASS_HIGH, BASS_LOW, BRIDGE_FAMILIES,
+from musebridge.engine.data.band_source import (ACCOMPANIMENT_FAMILIES, BASS_HIGH, BASS_LOW, BRIDGE_FAMILIES,
                                            LEAD_FAMILIES, band_families, parse_chord, read_band_song,
                                            song_rng)
-from musebridge.engine.data_build import build
-from musebridge.engine.families import FAMILY_BY_NAME
-from musebridge.engine.sources import load_piece, midi_folder_tasks, split_of, tasks_for_source
+from musebridge.engine.data.data_build import build
+from musebridge.engine.music.families import FAMILY_BY_NAME
+from musebridge.engine.data.sources import load_piece, midi_folder_tasks, split_of, tasks_for_source
 from musebridge.errors import DataError
 
 TPB = 480

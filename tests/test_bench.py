@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 
-from musebridge.main import cli, main  # noqa: E402
+from musebridge.cli.main import cli, main  # noqa: E402
 
 METRICS = {"prefill_ms", "decode_step_ms", "append_note_ms", "first_token_ms", "sample_ms", "realtime_factor", "peak_rss_mb"}
 

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from musebridge.bridge import ports as ports_mod
 from musebridge.bridge.ports import MidiInput, MidiOutput, find_port, list_ports, resolve_api
 from musebridge.errors import MuseBridgeError
-from musebridge.main import cli, main
+from musebridge.cli.main import cli, main
 
 
 def wait_for(cond, timeout: float = 3.0, step: float = 0.01) -> bool:

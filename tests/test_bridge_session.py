@@ -18,7 +18,7 @@ from musebridge.bridge.config import JamConfig
 from musebridge.bridge.jam_probe import Daw, bridge_port
 from musebridge.bridge.ports import MidiInput, MidiOutput
 from musebridge.bridge.session import JamSession
-from musebridge.engine.sampling import SamplingControls
+from musebridge.engine.decode.sampling import SamplingControls
 
 # timing is judged here: these share one xdist worker with the CPU-heavy tests (marked, like the
 # timing tests, see --dist loadgroup in pyproject.toml), so never beside a training job
@@ -28,8 +28,8 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def runtime_factory():
-    from musebridge.engine.checkpoint import load_model
-    from musebridge.engine.torch_runtime import TorchRuntime
+    from musebridge.engine.training.checkpoint import load_model
+    from musebridge.engine.decode.torch_runtime import TorchRuntime
 
     model, vocab, _ = load_model()
     return lambda: TorchRuntime(model, vocab)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from musebridge.bridge.timeline import FIRST_FINISH_S, Timeline
-from musebridge.engine.events import NoteOff, NoteOn
-from musebridge.engine.sampling import LogitShaper, SamplingControls
+from musebridge.engine.music.events import NoteOff, NoteOn
+from musebridge.engine.decode.sampling import LogitShaper, SamplingControls
 
 from conftest import save_tiny_model
 
@@ -18,8 +18,8 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def runtime():
-    from musebridge.engine.checkpoint import load_model
-    from musebridge.engine.torch_runtime import TorchRuntime
+    from musebridge.engine.training.checkpoint import load_model
+    from musebridge.engine.decode.torch_runtime import TorchRuntime
 
     model, vocab, _ = load_model()
     return TorchRuntime(model, vocab)
@@ -259,8 +259,8 @@ def test_a_candidates_mean_logprob_is_the_models_likelihood_of_its_sampled_token
 
 def test_the_shipped_critic_ranks_the_candidates_after_the_jams_recent_tokens(runtime, tmp_path):
     from musebridge.bridge.ranking import LIKELIHOOD, open_ranker
-    from musebridge.engine.checkpoint import DEFAULT_MODEL
-    from musebridge.engine.critic_score import open_critic
+    from musebridge.engine.training.checkpoint import DEFAULT_MODEL
+    from musebridge.engine.decode.critic_score import open_critic
 
     ranker = open_ranker(None, runtime.vocab)
     assert ranker.by == "critic"
@@ -276,8 +276,8 @@ def test_the_shipped_critic_ranks_the_candidates_after_the_jams_recent_tokens(ru
 def test_ranking_near_the_end_of_the_context_slides_first_and_still_ranks(tmp_path):
     """`generate_ranked` makes room before it marks: a window sliding under a candidate
     would leave nothing to rewind to (one candidate, played as it came)."""
-    from musebridge.engine.checkpoint import load_model
-    from musebridge.engine.torch_runtime import TorchRuntime
+    from musebridge.engine.training.checkpoint import load_model
+    from musebridge.engine.decode.torch_runtime import TorchRuntime
 
     # a random model: its answers are 10-150 tokens, whatever their length; a slide keeps 1536 of 2048
     model, vocab, _ = load_model(save_tiny_model(tmp_path, context=2048))
@@ -317,7 +317,7 @@ def test_ranking_near_the_end_of_the_context_slides_first_and_still_ranks(tmp_pa
 def test_marks_taken_while_answering_are_at_the_streams_own_time(runtime):
     """A mark after rests the model sampled (with no event yet) must record the stream's time,
     not the encoder's last event: a rewind there would otherwise hear the player late."""
-    from musebridge.engine.tokenizer import StreamDecoder
+    from musebridge.engine.music.tokenizer import StreamDecoder
 
     tl = Timeline(runtime, "pop", ["piano"])
     tl.add(phrase())

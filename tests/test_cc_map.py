@@ -10,7 +10,7 @@ import pytest
 from musebridge.bridge.cc_map import DEFAULTS, TARGETS, CCMap
 from musebridge.bridge.config import JamConfig
 from musebridge.bridge.session import JamSession
-from musebridge.engine.sampling import FOLLOW_CONTROLS, SamplingControls
+from musebridge.engine.decode.sampling import FOLLOW_CONTROLS, SamplingControls
 
 GM_DEFINED = {0, 1, 2, 4, 5, 6, 7, 8, 10, 11, 12, 13, 16, 17, 18, 19, *range(32, 102), *range(120, 128)}
 

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from musebridge.engine.checkpoint import (CHECKSUM_KEY, DEFAULT_MODEL, TRANSFORMER_REALS, TRANSFORMER_SIZES,
+from musebridge.engine.training.checkpoint import (CHECKSUM_KEY, DEFAULT_MODEL, TRANSFORMER_REALS, TRANSFORMER_SIZES,
                                           ModelFileError, ModelOutputError, weights_checksum)
-from musebridge.engine.events import Note, Piece, TimeSignature
-from musebridge.engine.runtime import CachedRuntime
-from musebridge.engine.sampling import ControlError, LogitShaper, SamplingControls
-from musebridge.engine.vocab import NOTE, PEDAL, WAIT, Vocabulary
-from musebridge.main import main
+from musebridge.engine.music.events import Note, Piece, TimeSignature
+from musebridge.engine.decode.runtime import CachedRuntime
+from musebridge.engine.decode.sampling import ControlError, LogitShaper, SamplingControls
+from musebridge.engine.music.vocab import NOTE, PEDAL, WAIT, Vocabulary
+from musebridge.cli.main import main
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
@@ -142,7 +142,7 @@ def test_damaged_weights_are_one_line_errors_on_both_backends(tiny, tmp_path, ca
 
 def test_nan_weights_never_load_even_with_a_matching_checksum(tiny, tmp_path):
     """Finite checks always run: a NaN saved as such (checksum recomputed) is still refused."""
-    from musebridge.engine.checkpoint import load_model
+    from musebridge.engine.training.checkpoint import load_model
     from musebridge.onnx_export.build import read_weights
 
     bad = _copy(tiny, tmp_path)
@@ -223,7 +223,7 @@ def test_a_context_of_1e9_is_refused_before_anything_is_allocated(tiny, tmp_path
     """The torch loader used to build the model (rope tables of 1e9 rows) before any check."""
     import tracemalloc
 
-    from musebridge.engine.checkpoint import load_model
+    from musebridge.engine.training.checkpoint import load_model
 
     bad = _copy(tiny, tmp_path)
     _edit_config(bad, context=2**29, window=2**13)  # a whole number, a multiple of window: only the bound stops it
@@ -235,10 +235,10 @@ def test_a_context_of_1e9_is_refused_before_anything_is_allocated(tiny, tmp_path
 
 
 def test_transformer_defaults_are_model_configs():
-    """checkpoint.py cannot import engine/model.py (torch): its table of defaults is held to it here."""
+    """checkpoint.py cannot import engine/training/model.py (torch): its table of defaults is held to it here."""
     from dataclasses import fields
 
-    from musebridge.engine.model import ModelConfig
+    from musebridge.engine.training.model import ModelConfig
 
     defaults = {f.name: f.default for f in fields(ModelConfig)}
     assert set(defaults) == set(TRANSFORMER_SIZES) | set(TRANSFORMER_REALS)
@@ -307,7 +307,7 @@ def test_the_range_edges_are_accepted():
 
 
 def test_a_bad_critic_is_reported_before_generating(tiny, tmp_path, capsys, monkeypatch):
-    import musebridge.engine.generate as gen
+    import musebridge.engine.decode.generate as gen
 
     def never(*a, **k):
         raise AssertionError("generated before checking the critic")
@@ -385,7 +385,7 @@ def _nan(vocab: Vocabulary):
 @pytest.mark.parametrize("make,words", [(_restrike, "struck 33 times at one instant"), (_no_time, "tokens without time passing"),
                                         (_nan, "produced invalid numbers")])
 def test_garbage_output_stops_generate_with_an_error(make, words):
-    from musebridge.engine.generate import generate
+    from musebridge.engine.decode.generate import generate
 
     vocab = Vocabulary()
     rt = FakeRuntime(vocab, make(vocab))
@@ -412,7 +412,7 @@ def test_garbage_output_stops_a_jam_answer_with_an_error(make, words):
 
 def test_notes_without_time_passing_are_bounded():
     """Distinct notes and pedals forever (no key struck twice): the token bound ends it."""
-    from musebridge.engine.sampling import MAX_TOKENS_PER_INSTANT, OutputGuard
+    from musebridge.engine.decode.sampling import MAX_TOKENS_PER_INSTANT, OutputGuard
 
     vocab = Vocabulary()
     guard = OutputGuard(vocab, "m")
@@ -433,8 +433,8 @@ def test_notes_without_time_passing_are_bounded():
 
 def test_non_finite_logits_from_a_runtime_are_one_line_errors(tiny, tmp_path, capsys, monkeypatch):
     """Whatever the loader let through, a runtime's NaN ends `generate` with one line, exit 2."""
-    from musebridge.engine.ort_runtime import OrtRuntime
-    from musebridge.engine.torch_runtime import TorchRuntime
+    from musebridge.engine.decode.ort_runtime import OrtRuntime
+    from musebridge.engine.decode.torch_runtime import TorchRuntime
 
     for backend, cls in (("onnxruntime", OrtRuntime), ("torch", TorchRuntime)):
         real = cls._run
@@ -450,9 +450,9 @@ def test_non_finite_logits_from_a_runtime_are_one_line_errors(tiny, tmp_path, ca
                                       SamplingControls(seed=3, temperature=1.3, strengths={"piano": 1.0})])
 def test_the_shipped_model_generates_unhindered(controls):
     """Chords, drum hits and a favoured family: real music never meets the guard."""
-    from musebridge.engine.backends import open_runtime
-    from musebridge.engine.generate import generate
-    from musebridge.engine.midi_file import read_midi
+    from musebridge.engine.decode.backends import open_runtime
+    from musebridge.engine.decode.generate import generate
+    from musebridge.engine.music.midi_file import read_midi
 
     rt = open_runtime(None, "onnxruntime")
     prompt = read_midi(Path(__file__).parents[1] / "docs" / "examples" / "phrase.mid")

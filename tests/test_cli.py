@@ -51,10 +51,10 @@ def test_generate_command_writes_valid_clips(tmp_path):
     import pytest
 
     torch = pytest.importorskip("torch")
-    from musebridge.engine.checkpoint import save_model
-    from musebridge.engine.midi_file import read_metadata, read_midi
-    from musebridge.engine.model import ModelConfig, MuseModel
-    from musebridge.engine.vocab import VocabConfig, Vocabulary
+    from musebridge.engine.training.checkpoint import save_model
+    from musebridge.engine.music.midi_file import read_metadata, read_midi
+    from musebridge.engine.training.model import ModelConfig, MuseModel
+    from musebridge.engine.music.vocab import VocabConfig, Vocabulary
 
     vocab = Vocabulary(VocabConfig(styles=("jazz", "pop")))
     torch.manual_seed(0)
@@ -83,9 +83,9 @@ def test_jam_save_writes_each_finished_answer_with_its_settings(tmp_path):
     import time
     from types import SimpleNamespace
 
-    from musebridge.engine.events import NoteOff, NoteOn
-    from musebridge.engine.midi_file import read_metadata, read_midi
-    from musebridge.jam_cmd import _saving
+    from musebridge.engine.music.events import NoteOff, NoteOn
+    from musebridge.engine.music.midi_file import read_metadata, read_midi
+    from musebridge.cli.jam_cmd import _saving
 
     answer = {"tag": 3, "start": 16.0, "bars": 1, "bpm": 100.0, "style": "pop",
               "controls": {"seed": 11, "temperature": 0.9, "top_p": 0.95, "strengths": {"drums": 0.0}},
@@ -109,7 +109,7 @@ def test_jam_save_writes_each_finished_answer_with_its_settings(tmp_path):
 
 def test_jam_candidates_out_of_range_is_one_line_before_any_port_opens():
     from musebridge.bridge.config import JamConfig
-    from musebridge.engine.sampling import ControlError
+    from musebridge.engine.decode.sampling import ControlError
 
     for bad in ("0", "9"):
         r = run("jam", "--candidates", bad, "--duration", "0.1")

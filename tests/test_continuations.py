@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from musebridge.engine.baselines import NGramModel, NGramRuntime
-from musebridge.engine.continuation_bench import cases_from_folder, repeat_last_bar, roll_sheet, run, table
-from musebridge.engine.events import Note, Piece, Tempo, TimeSignature
-from musebridge.engine.generate import prompt_tokens
-from musebridge.engine.midi_file import write_midi
-from musebridge.engine.tokenizer import StreamDecoder, encode_piece
-from musebridge.engine.vocab import Vocabulary
+from musebridge.engine.training.baselines import NGramModel, NGramRuntime
+from musebridge.engine.decode.continuation_bench import cases_from_folder, repeat_last_bar, roll_sheet, run, table
+from musebridge.engine.music.events import Note, Piece, Tempo, TimeSignature
+from musebridge.engine.decode.generate import prompt_tokens
+from musebridge.engine.music.midi_file import write_midi
+from musebridge.engine.music.tokenizer import StreamDecoder, encode_piece
+from musebridge.engine.music.vocab import Vocabulary
 
 SCALE = [0, 2, 4, 5, 7, 9, 11]
 
@@ -93,7 +93,7 @@ def test_systems_side_by_side_with_the_real_continuation(folder, tmp_path):
 
 
 def test_command_prints_the_table_and_writes_json_and_rolls(folder, tmp_path, capsys):
-    from musebridge.main import main
+    from musebridge.cli.main import main
 
     out, png, md = tmp_path / "c.json", tmp_path / "rolls.png", tmp_path / "card.md"
     assert main(["continuations", "--midi", str(folder), "--bars", "2", "--limit", "2", "--seeds", "3",
@@ -110,7 +110,7 @@ def test_command_prints_the_table_and_writes_json_and_rolls(folder, tmp_path, ca
 
 
 def test_command_says_what_is_missing(tmp_path, capsys):
-    from musebridge.main import main
+    from musebridge.cli.main import main
 
     assert main(["continuations", "--midi", str(tmp_path / "nope")]) == 2
     assert "MIDI folder" in capsys.readouterr().err
@@ -118,9 +118,9 @@ def test_command_says_what_is_missing(tmp_path, capsys):
 
 
 def test_cases_from_a_built_data_split(folder, tmp_path):
-    from musebridge.engine.continuation_bench import cases_from_split
-    from musebridge.engine.data_build import build
-    from musebridge.engine.dataset import TokenShards
+    from musebridge.engine.decode.continuation_bench import cases_from_split
+    from musebridge.engine.data.data_build import build
+    from musebridge.engine.data.dataset import TokenShards
 
     build([str(folder)], tmp_path / "data", workers=1)
     pieces = TokenShards(tmp_path / "data").manifest["pieces"]
@@ -132,7 +132,7 @@ def test_cases_from_a_built_data_split(folder, tmp_path):
 
 
 def test_an_answer_the_output_guard_stops_is_counted_and_the_run_goes_on(folder):
-    from musebridge.engine.checkpoint import ModelOutputError
+    from musebridge.engine.training.checkpoint import ModelOutputError
 
     v = Vocabulary()
     train = np.concatenate([encode_piece(song(t, 16), v) for t in range(12)])

@@ -1,4 +1,4 @@
-"""The critic on ONNX Runtime (engine/critic_score.py, onnx_export/classifier.py): the same
+"""The critic on ONNX Runtime (engine/decode/critic_score.py, onnx_export/classifier.py): the same
 scores as the PyTorch classifier, no torch needed to rank, and a damaged folder is one line.
 
 Only the parity tests need torch; the rest run on the runtime install (numpy, onnx,
@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from musebridge.engine.checkpoint import DEFAULT_MODEL, check_model_section, load_vocab
-from musebridge.engine.critic_score import (CLASSIFIER_FORMAT, ClassifierFileError, _SESSIONS, classifier_shapes,
+from musebridge.engine.training.checkpoint import DEFAULT_MODEL, check_model_section, load_vocab
+from musebridge.engine.decode.critic_score import (CLASSIFIER_FORMAT, ClassifierFileError, _SESSIONS, classifier_shapes,
                                             open_classifier, open_critic, rank_continuations)
-from musebridge.engine.events import Note, Piece
-from musebridge.engine.generate import prompt_tokens
-from musebridge.engine.midi_file import read_midi
-from musebridge.engine.vocab import STYLE, Vocabulary
-from musebridge.main import main
+from musebridge.engine.music.events import Note, Piece
+from musebridge.engine.decode.generate import prompt_tokens
+from musebridge.engine.music.midi_file import read_midi
+from musebridge.engine.music.vocab import STYLE, Vocabulary
+from musebridge.cli.main import main
 
 pytest.importorskip("onnxruntime")
 SHIPPED = DEFAULT_MODEL / "critic"
@@ -80,7 +80,7 @@ def music_windows(vocab: Vocabulary, lengths) -> list[np.ndarray]:
 def _torch_logits(model, windows, vocab, length):
     import torch
 
-    from musebridge.engine.critic import _inputs
+    from musebridge.engine.training.critic import _inputs
 
     with torch.inference_mode():
         return model(*_inputs(windows, vocab, length), vocab.pad).numpy()
@@ -92,8 +92,8 @@ def test_a_random_classifier_scores_as_in_torch(tmp_path, half):
     torch classifier's within 1e-4, on windows shorter than, as long as and longer than the context,
     batched (pad after each), in three classes."""
     torch = pytest.importorskip("torch")
-    from musebridge.engine.critic import SequenceClassifier, load_classifier, predict, save_classifier
-    from musebridge.engine.model import ModelConfig
+    from musebridge.engine.training.critic import SequenceClassifier, load_classifier, predict, save_classifier
+    from musebridge.engine.training.model import ModelConfig
 
     vocab = Vocabulary()
     torch.manual_seed(0)
@@ -118,7 +118,7 @@ def test_the_shipped_critic_scores_as_in_torch():
     """The shipped critic (fp16 on disk) on real tokens of four lengths, one batch, cropped to the
     last 512 as ranking reads them: ONNX P(real) and logits equal torch's within 1e-4."""
     pytest.importorskip("torch")
-    from musebridge.engine.critic import load_classifier, rank_by_critic
+    from musebridge.engine.training.critic import load_classifier, rank_by_critic
 
     model, vocab, _ = load_classifier(SHIPPED)
     onnx = open_critic(SHIPPED)
@@ -151,7 +151,7 @@ def _without_torch(code: str, timeout: int = 300) -> subprocess.CompletedProcess
 
 
 def test_the_onnx_path_scores_with_torch_hidden(critic):
-    code = (f"import numpy as np\nfrom musebridge.engine.critic_score import open_critic\n"
+    code = (f"import numpy as np\nfrom musebridge.engine.decode.critic_score import open_critic\n"
             f"c = open_critic({str(critic)!r})\n"
             "p = c.predict([np.arange(1, 60), np.arange(5, 200)])\n"
             "assert p.shape == (2, 2) and np.allclose(p.sum(1), 1) and (p > 0).all(), p\n"
@@ -164,7 +164,7 @@ def test_the_onnx_path_scores_with_torch_hidden(critic):
 def test_generate_ranks_variations_with_torch_hidden(tmp_path):
     """`generate --variations` on the runtime install: the shipped model's folder critic ranks."""
     out = tmp_path / "a.mid"
-    code = ("from musebridge.main import main\n"
+    code = ("from musebridge.cli.main import main\n"
             f"rc = main(['generate', '--prompt', {str(EXAMPLE)!r}, '--variations', '3', '--bars', '1', '--seed', '2', "
             f"'--out', {str(out)!r}])\nassert rc == 0, rc")
     r = _without_torch(code)
@@ -180,7 +180,7 @@ def test_the_app_ranks_variations_with_torch_hidden():
     pytest.importorskip("PyQt6")
     code = ("import os; os.environ['QT_QPA_PLATFORM'] = 'offscreen'\n"
             "from PyQt6.QtCore import QCoreApplication\napp = QCoreApplication([])\n"
-            "from musebridge.engine.events import Note, Piece\nfrom musebridge.engine.sampling import SamplingControls\n"
+            "from musebridge.engine.music.events import Note, Piece\nfrom musebridge.engine.decode.sampling import SamplingControls\n"
             "from musebridge.gui.jobs import GenerateJob\n"
             "job, got = GenerateJob(None), []\njob.done.connect(lambda clips, err: got.append((clips, err)))\n"
             "prompt = Piece(notes=[Note(0.0, 1.0, 60, 90, 'piano'), Note(1.0, 1.0, 64, 90, 'piano')])\n"
@@ -260,7 +260,7 @@ def test_a_damaged_critic_is_one_line(critic, tmp_path, damage, capsys):
     msg = str(e.value)
     assert len(msg.splitlines()) == 1 and str(bad) in msg and words in msg and "retrain" in msg, msg
     if importlib.util.find_spec("torch"):  # the PyTorch loader reads through the same checks
-        from musebridge.engine.critic import load_classifier
+        from musebridge.engine.training.critic import load_classifier
 
         with pytest.raises(ClassifierFileError) as te:
             load_classifier(bad)

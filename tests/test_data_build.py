@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import write_test_midi
-from musebridge.engine.data_build import build
-from musebridge.engine.dataset import TokenShards
-from musebridge.engine.sources import midi_folder_tasks, split_of, version_group
-from musebridge.engine.tokenizer import decode_tokens
+from musebridge.engine.data.data_build import build
+from musebridge.engine.data.dataset import TokenShards
+from musebridge.engine.data.sources import midi_folder_tasks, split_of, version_group
+from musebridge.engine.music.tokenizer import decode_tokens
 from musebridge.errors import DataError
 
 
@@ -64,7 +64,7 @@ def test_build_resumes_without_reparsing(midi_folder, tmp_path):
     s = build([str(midi_folder)], out, workers=1)
     assert s.parsed_now == 0
     with pytest.raises(DataError, match="another token config"):
-        from musebridge.engine.vocab import VocabConfig
+        from musebridge.engine.music.vocab import VocabConfig
 
         build([str(midi_folder)], out, config=VocabConfig(ticks_per_beat=4), workers=1)
 

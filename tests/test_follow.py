@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from musebridge.engine.events import Note, NoteOff, NoteOn, Piece
-from musebridge.engine.follow import FollowBias, PlayerProfile, follow_nats
-from musebridge.engine.vocab import NOTE, Vocabulary
+from musebridge.engine.music.events import Note, NoteOff, NoteOn, Piece
+from musebridge.engine.decode.follow import FollowBias, PlayerProfile, follow_nats
+from musebridge.engine.music.vocab import NOTE, Vocabulary
 
 C_MAJOR = {0, 2, 4, 5, 7, 9, 11}
 
@@ -77,9 +77,9 @@ def test_follow_strength_goes_from_off_to_strict():
 torch = pytest.importorskip("torch")
 
 from musebridge.bridge.timeline import Timeline  # noqa: E402
-from musebridge.engine.generate import generate  # noqa: E402
-from musebridge.engine.sampling import LogitShaper, SamplingControls  # noqa: E402
-from musebridge.engine.torch_runtime import TorchRuntime  # noqa: E402
+from musebridge.engine.decode.generate import generate  # noqa: E402
+from musebridge.engine.decode.sampling import LogitShaper, SamplingControls  # noqa: E402
+from musebridge.engine.decode.torch_runtime import TorchRuntime  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""Hostile MIDI files through `read_midi` and `musebridge generate` (engine/fuzz_files.py
-makes them; `python -m musebridge.engine.fuzz_files` runs the big count in subprocesses).
+"""Hostile MIDI files through `read_midi` and `musebridge generate` (engine/music/fuzz_files.py
+makes them; `python -m musebridge.engine.music.fuzz_files` runs the big count in subprocesses).
 
 The contract is what a user sees: a Piece or one MidiFileError line; exit 0 with a
 readable file or exit 2 with one `error:` line -- never exit 1 ("unexpected"), never a
@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from musebridge.engine.events import Note, Piece
-from musebridge.engine.fuzz_files import END, meta, mutated, smf, vlq
-from musebridge.engine.midi_file import read_midi, write_midi
+from musebridge.engine.music.events import Note, Piece
+from musebridge.engine.music.fuzz_files import END, meta, mutated, smf, vlq
+from musebridge.engine.music.midi_file import read_midi, write_midi
 from musebridge.errors import MidiFileError
 
 NOTE = vlq(0) + b"\x90\x3c\x40" + vlq(96) + b"\x80\x3c\x40"
@@ -63,7 +63,7 @@ def tiny(tmp_path_factory, cache_dir):
 
 def run_generate(model: Path, prompt: Path, out: Path, *extra: str) -> tuple[int, str]:
     """`musebridge generate` as the console entry point runs it: (exit code, stderr)."""
-    from musebridge.main import main
+    from musebridge.cli.main import main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):

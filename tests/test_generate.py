@@ -9,14 +9,14 @@ torch = pytest.importorskip("torch")
 
 from conftest import note_leaning_model  # noqa: E402
 
-from musebridge.engine.checkpoint import ModelFileError, load_model, save_model  # noqa: E402
-from musebridge.engine.events import Note, Piece, TimeSignature  # noqa: E402
-from musebridge.engine.generate import generate  # noqa: E402
-from musebridge.engine.midi_file import read_midi, write_midi  # noqa: E402
-from musebridge.engine.row_decoder import RowDecoder  # noqa: E402
-from musebridge.engine.sampling import ControlError, Grammar, LogitShaper, SamplingControls, parse_key, parse_strengths  # noqa: E402
-from musebridge.engine.torch_runtime import TorchRuntime  # noqa: E402
-from musebridge.engine.vocab import NOTE, Vocabulary  # noqa: E402
+from musebridge.engine.training.checkpoint import ModelFileError, load_model, save_model  # noqa: E402
+from musebridge.engine.music.events import Note, Piece, TimeSignature  # noqa: E402
+from musebridge.engine.decode.generate import generate  # noqa: E402
+from musebridge.engine.music.midi_file import read_midi, write_midi  # noqa: E402
+from musebridge.engine.decode.row_decoder import RowDecoder  # noqa: E402
+from musebridge.engine.decode.sampling import ControlError, Grammar, LogitShaper, SamplingControls, parse_key, parse_strengths  # noqa: E402
+from musebridge.engine.decode.torch_runtime import TorchRuntime  # noqa: E402
+from musebridge.engine.music.vocab import NOTE, Vocabulary  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +164,8 @@ def test_model_folder_round_trip_and_damage(setup, tmp_path):
 
 def test_strength_one_brings_in_a_family_the_prompt_lacks():
     """With the shipped model: a piano phrase, bass at 1 -- a producer expects to hear bass."""
-    from musebridge.engine.backends import open_runtime
-    from musebridge.engine.midi_file import read_midi
+    from musebridge.engine.decode.backends import open_runtime
+    from musebridge.engine.music.midi_file import read_midi
 
     rt = open_runtime(None, "onnxruntime")
     prompt = read_midi(Path(__file__).parents[1] / "docs" / "examples" / "phrase.mid")
@@ -189,7 +189,7 @@ def test_from_silence_the_model_names_the_band_and_a_seed_recalls_it(setup):
 
 @pytest.mark.parametrize("scale", [4.0, 0.2])  # a peaked distribution, and one whose nucleus is most of it
 def test_top_p_samples_exactly_the_nucleus_in_proportion(scale):
-    from musebridge.engine.sampling import sample_logits
+    from musebridge.engine.decode.sampling import sample_logits
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal(2000) * scale

@@ -20,11 +20,11 @@ import numpy as np  # noqa: E402
 from PyQt6.QtGui import QImage  # noqa: E402
 
 from musebridge.bridge.cc_map import CCMap  # noqa: E402
-from musebridge.engine.checkpoint import DEFAULT_MODEL, load_vocab  # noqa: E402
-from musebridge.engine.events import NoteOff, NoteOn  # noqa: E402
-from musebridge.engine.midi_file import read_metadata, read_midi  # noqa: E402
-from musebridge.engine.sampling import FOLLOW_CONTROLS, NEG, STRENGTH_SCALE, LogitShaper, SamplingControls  # noqa: E402
-from musebridge.engine.vocab import NOTE  # noqa: E402
+from musebridge.engine.training.checkpoint import DEFAULT_MODEL, load_vocab  # noqa: E402
+from musebridge.engine.music.events import NoteOff, NoteOn  # noqa: E402
+from musebridge.engine.music.midi_file import read_metadata, read_midi  # noqa: E402
+from musebridge.engine.decode.sampling import FOLLOW_CONTROLS, NEG, STRENGTH_SCALE, LogitShaper, SamplingControls  # noqa: E402
+from musebridge.engine.music.vocab import NOTE  # noqa: E402
 from musebridge.gui import settings as saved  # noqa: E402
 from musebridge.gui.host import SessionHost  # noqa: E402
 from musebridge.gui.window import MainWindow  # noqa: E402
@@ -342,7 +342,7 @@ def test_bare_musebridge_without_a_display_prints_help():
 
 def test_panic_on_a_real_port_and_the_port_vanishing(jack_server, qtbot, tmp_path):
     from musebridge.bridge.ports import MidiInput
-    from musebridge.engine.events import Note
+    from musebridge.engine.music.events import Note
     from musebridge.gui.port_watch import PortWatcher
 
     monitor = MidiInput("GUI monitor", virtual=True, client_name="monitor")

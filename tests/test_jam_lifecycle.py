@@ -105,7 +105,7 @@ def test_every_started_answer_ends_and_a_cancelled_take_is_saved(jack_server, tm
     """A trigger during an answer cancels it: it still logs `answer_end` (cancelled, with the
     notes it played) and `--save` writes what sounded, marked cancelled; the answer cut by
     the stop ends too (before: `phrase_end` without `answer_end`, and nothing saved)."""
-    from musebridge.engine.midi_file import read_metadata, read_midi
+    from musebridge.engine.music.midi_file import read_metadata, read_midi
 
     takes = tmp_path / "takes"
     jam = Jam("--mode", "oneshot", "--trigger-cc", str(TRIGGER_CC), "--bars", "4", "--seed", "3",

@@ -4,11 +4,11 @@ import mido
 import pytest
 
 from conftest import assert_round_trip, write_test_midi
-from musebridge.engine.events import Note, Piece
-from musebridge.engine.families import family_for_program
-from musebridge.engine.midi_file import read_metadata, read_midi, write_midi
-from musebridge.engine.tokenizer import decode_tokens, encode_piece
-from musebridge.engine.vocab import VocabConfig, Vocabulary
+from musebridge.engine.music.events import Note, Piece
+from musebridge.engine.music.families import family_for_program
+from musebridge.engine.music.midi_file import read_metadata, read_midi, write_midi
+from musebridge.engine.music.tokenizer import decode_tokens, encode_piece
+from musebridge.engine.music.vocab import VocabConfig, Vocabulary
 from musebridge.errors import MidiFileError
 
 
@@ -80,7 +80,7 @@ def test_missing_file(tmp_path):
 
 # --- hostile files: each a regression test for a failure a user hit -------------------------
 
-from musebridge.engine.fuzz_files import END, meta, smf, vlq  # noqa: E402
+from musebridge.engine.music.fuzz_files import END, meta, smf, vlq  # noqa: E402
 
 NOTE = vlq(0) + b"\x90\x3c\x40" + vlq(96) + b"\x80\x3c\x40"  # one beat of middle C
 
@@ -112,9 +112,9 @@ def test_huge_delta_times_stay_bounded_in_a_subprocess(tmp_path):
     code = f"""
 import resource, sys, time, tracemalloc
 resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
-from musebridge.engine.midi_file import read_midi
-from musebridge.engine.tokenizer import encode_piece
-from musebridge.engine.vocab import VocabConfig, Vocabulary
+from musebridge.engine.music.midi_file import read_midi
+from musebridge.engine.music.tokenizer import encode_piece
+from musebridge.engine.music.vocab import VocabConfig, Vocabulary
 tracemalloc.start()
 t0 = time.monotonic()
 piece = read_midi({str(path)!r})
@@ -133,9 +133,9 @@ print(len(piece.notes), piece.end, max(n.duration for n in piece.notes), max(siz
 def test_the_live_encoder_cuts_a_long_silence_but_keeps_song_time():
     """A player silent for a million beats: a handful of wait tokens, and the encoder's
     clock (the jam's song position) is still the true beat."""
-    from musebridge.engine.events import MAX_REST_BEATS, NoteOff, NoteOn
-    from musebridge.engine.tokenizer import StreamEncoder
-    from musebridge.engine.vocab import WAIT
+    from musebridge.engine.music.events import MAX_REST_BEATS, NoteOff, NoteOn
+    from musebridge.engine.music.tokenizer import StreamEncoder
+    from musebridge.engine.music.vocab import WAIT
 
     vocab = Vocabulary()
     enc = StreamEncoder(vocab)
@@ -195,7 +195,7 @@ def test_special_files_get_one_line_and_are_never_opened_blocking(tmp_path, kind
 
 
 def test_a_huge_file_is_refused_before_it_is_read(tmp_path):
-    from musebridge.engine.midi_file import MAX_MIDI_BYTES
+    from musebridge.engine.music.midi_file import MAX_MIDI_BYTES
 
     p = tmp_path / "huge.mid"
     with open(p, "wb") as f:
@@ -286,8 +286,8 @@ def test_a_full_disk_leaves_the_old_file_intact(tmp_path):
 import resource, signal
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write(), as a full disk gives ENOSPC
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
-from musebridge.engine.events import Note, Piece
-from musebridge.engine.midi_file import write_midi
+from musebridge.engine.music.events import Note, Piece
+from musebridge.engine.music.midi_file import write_midi
 from musebridge.errors import MidiFileError
 try:
     write_midi(Piece(notes=[Note(i * 0.25, 0.25, 40 + i % 40, 90, "piano") for i in range(2000)]), {str(target)!r})

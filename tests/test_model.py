@@ -5,7 +5,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from musebridge.engine.model import KVCache, ModelConfig, MuseModel, local_mask, strided_mask  # noqa: E402
+from musebridge.engine.training.model import KVCache, ModelConfig, MuseModel, local_mask, strided_mask  # noqa: E402
 
 
 def _model(**kw):
@@ -93,8 +93,8 @@ def test_context_limit_is_an_error():
 
 
 def _runtime_pair(device: str, graphs: bool):
-    from musebridge.engine.torch_runtime import TorchRuntime
-    from musebridge.engine.vocab import Vocabulary
+    from musebridge.engine.decode.torch_runtime import TorchRuntime
+    from musebridge.engine.music.vocab import Vocabulary
 
     vocab = Vocabulary()
     torch.manual_seed(0)

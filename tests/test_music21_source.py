@@ -11,7 +11,7 @@ music21 = pytest.importorskip("music21")
 
 from music21 import chord, converter, dynamics, instrument, meter, note, stream, tempo  # noqa: E402
 
-from musebridge.engine.music21_source import (  # noqa: E402
+from musebridge.engine.data.music21_source import (  # noqa: E402
     CorpusWork,
     list_corpus_works,
     normalize_style,

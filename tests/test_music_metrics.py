@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from musebridge.engine.events import Note, Piece
-from musebridge.engine.music_metrics import (
+from musebridge.engine.music.events import Note, Piece
+from musebridge.engine.music.music_metrics import (
     Key, describe, drone_share, estimate_grid, estimate_key, in_scale_share, key_agreement, median_ioi, on_grid_share,
     pitch_range, polyphony, polyphony_by_family,
 )

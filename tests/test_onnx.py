@@ -11,12 +11,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from musebridge.engine.backends import BackendError, available_backends, open_runtime  # noqa: E402
-from musebridge.engine.checkpoint import ModelFileError, save_model  # noqa: E402
-from musebridge.engine.events import Note, Piece, TimeSignature  # noqa: E402
-from musebridge.engine.generate import generate  # noqa: E402
-from musebridge.engine.sampling import SamplingControls  # noqa: E402
-from musebridge.engine.vocab import Vocabulary  # noqa: E402
+from musebridge.engine.decode.backends import BackendError, available_backends, open_runtime  # noqa: E402
+from musebridge.engine.training.checkpoint import ModelFileError, save_model  # noqa: E402
+from musebridge.engine.music.events import Note, Piece, TimeSignature  # noqa: E402
+from musebridge.engine.decode.generate import generate  # noqa: E402
+from musebridge.engine.decode.sampling import SamplingControls  # noqa: E402
+from musebridge.engine.music.vocab import Vocabulary  # noqa: E402
 from musebridge.onnx_export import GraphFileError, export, graph_paths  # noqa: E402
 
 BACKENDS = ["torch", "onnxruntime"]
@@ -157,7 +157,7 @@ def test_fp16_and_int8_graphs(tiny, tmp_path):
     """fp16 and int8 graphs within their parity targets of PyTorch. int8 is held to bounds a correct
     8-bit quantization meets on any CPU (logit range, KL, top-1: parity.TARGETS); the s8-weight graphs
     that saturate on AVX2 CPUs without VNNI missed them here (0.21 of the range, KL 0.030)."""
-    from musebridge.engine.checkpoint import load_model
+    from musebridge.engine.training.checkpoint import load_model
     from musebridge.onnx_export.parity import TARGETS, compare, misses
 
     half = tmp_path / "half"  # fp16 weights on disk, as shipped: the fp16 graph's error is its math alone
@@ -220,7 +220,7 @@ def test_export_writes_graphs_that_open(tiny, tmp_path):
 
 
 def test_export_command_checks_parity(tiny, tmp_path, capsys):
-    from musebridge.main import main
+    from musebridge.cli.main import main
 
     assert main(["export", "--model", str(tiny), "--out", str(tmp_path / "x")]) == 0
     out = capsys.readouterr().out
@@ -231,7 +231,7 @@ def test_export_command_checks_parity(tiny, tmp_path, capsys):
 def test_int8_export_of_the_shipped_model_is_held_to_its_target(tmp_path, capsys):
     """`musebridge export --dtype int8` on the shipped model: parity against PyTorch within the int8
     bounds (the saturating s8 graphs of BUILDER_VERSION 2 missed "rel" there: 0.057 of the range)."""
-    from musebridge.main import main
+    from musebridge.cli.main import main
 
     assert main(["export", "--dtype", "int8", "--out", str(tmp_path / "q")]) == 0
     out = capsys.readouterr().out
@@ -289,7 +289,7 @@ def test_unknown_and_missing_backends_say_what_to_install():
 
 
 def test_the_onnxruntime_path_never_imports_torch(tiny, cache_dir):
-    code = ("import sys; from musebridge.engine.backends import open_runtime; "
+    code = ("import sys; from musebridge.engine.decode.backends import open_runtime; "
             f"rt = open_runtime({str(tiny)!r}, 'onnxruntime'); rt.prefill([1, 2, 3]); rt.step(4); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
@@ -298,8 +298,8 @@ def test_the_onnxruntime_path_never_imports_torch(tiny, cache_dir):
 
 
 def test_generate_command_takes_a_backend(tiny, tmp_path, capsys):
-    from musebridge.engine.midi_file import read_metadata
-    from musebridge.main import main
+    from musebridge.engine.music.midi_file import read_metadata
+    from musebridge.cli.main import main
 
     lines = {}
     for backend in BACKENDS:
@@ -317,8 +317,8 @@ def test_fused_and_matmul_attention_give_the_same_logits(tiny):
     many strided rows, through a slide and on forked rows; the fused graph really has the op."""
     import onnx
 
-    from musebridge.engine.checkpoint import load_vocab
-    from musebridge.engine.ort_runtime import OrtRuntime, load_graphs
+    from musebridge.engine.training.checkpoint import load_vocab
+    from musebridge.engine.decode.ort_runtime import OrtRuntime, load_graphs
     from musebridge.onnx_export.build import DEFAULT_ATTENTION
 
     assert DEFAULT_ATTENTION["fp32"] == "fused"  # the faster one on ONNX Runtime's CPU (docs/PERFORMANCE.md)

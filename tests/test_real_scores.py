@@ -7,10 +7,10 @@ import pytest
 pytest.importorskip("music21")
 
 from conftest import assert_round_trip  # noqa: E402
-from musebridge.engine.midi_file import read_midi, write_midi  # noqa: E402
-from musebridge.engine.music21_source import list_corpus_works, read_corpus_work  # noqa: E402
-from musebridge.engine.tokenizer import decode_tokens, encode_piece  # noqa: E402
-from musebridge.engine.vocab import VocabConfig, Vocabulary  # noqa: E402
+from musebridge.engine.music.midi_file import read_midi, write_midi  # noqa: E402
+from musebridge.engine.data.music21_source import list_corpus_works, read_corpus_work  # noqa: E402
+from musebridge.engine.music.tokenizer import decode_tokens, encode_piece  # noqa: E402
+from musebridge.engine.music.vocab import VocabConfig, Vocabulary  # noqa: E402
 
 WORKS = [
     "music21/bach/bwv66.6",  # four-voice chorale

@@ -1,4 +1,4 @@
-"""The TensorRT backend (engine/trt_runtime.py).
+"""The TensorRT backend (engine/decode/trt_runtime.py).
 
 Three layers:
 - pure parts, everywhere: the engine cache key and folder, what a graph declares and the
@@ -26,10 +26,10 @@ import pytest
 
 pytest.importorskip("onnx")
 
-from musebridge.engine import trt_runtime  # noqa: E402
-from musebridge.engine import backends  # noqa: E402
-from musebridge.engine.backends import BackendError, available_backends, open_runtime, resolve_backend  # noqa: E402
-from musebridge.engine.trt_runtime import (  # noqa: E402
+from musebridge.engine.decode import trt_runtime  # noqa: E402
+from musebridge.engine.decode import backends  # noqa: E402
+from musebridge.engine.decode.backends import BackendError, available_backends, open_runtime, resolve_backend  # noqa: E402
+from musebridge.engine.decode.trt_runtime import (  # noqa: E402
     MAX_BATCH, GraphIO, engine_cache_key, engine_path, engine_root, io_layout, profile_shapes, read_graph_io,
     tensorrt_available)
 from musebridge.onnx_export import GraphConfig, GraphFileError, build_graph, cache_root, graph_paths  # noqa: E402
@@ -220,8 +220,8 @@ def test_auto_still_prefers_onnxruntime_without_a_gpu():
 
 
 def test_asking_what_is_available_imports_neither_torch_nor_tensorrt(cache_dir):
-    code = ("import sys; from musebridge.engine.backends import available_backends; "
-            "from musebridge.engine.trt_runtime import tensorrt_available; "
+    code = ("import sys; from musebridge.engine.decode.backends import available_backends; "
+            "from musebridge.engine.decode.trt_runtime import tensorrt_available; "
             "available_backends(); tensorrt_available(); "
             "bad = [m for m in ('torch', 'tensorrt', 'cupy') if m in sys.modules]; assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

@@ -5,10 +5,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import assert_round_trip
-from musebridge.engine.events import DEFAULT_BPM, MAX_REST_BEATS, Note, NoteOff, NoteOn, Pedal, Piece, Tempo, TimeSignature
-from musebridge.engine.families import FAMILIES
-from musebridge.engine.tokenizer import StreamDecoder, StreamEncoder, decode_tokens, encode_events, encode_piece
-from musebridge.engine.vocab import NOTE, VocabConfig, Vocabulary
+from musebridge.engine.music.events import DEFAULT_BPM, MAX_REST_BEATS, Note, NoteOff, NoteOn, Pedal, Piece, Tempo, TimeSignature
+from musebridge.engine.music.families import FAMILIES
+from musebridge.engine.music.tokenizer import StreamDecoder, StreamEncoder, decode_tokens, encode_events, encode_piece
+from musebridge.engine.music.vocab import NOTE, VocabConfig, Vocabulary
 
 VOCABS = {
     "beats12": Vocabulary(),
@@ -46,7 +46,7 @@ def _drop_same_key_overlaps(piece: Piece, slack: float) -> Piece:
     spare) for their whole length."""
     kept: list[Note] = []
     for n in sorted(piece.notes, key=lambda n: n.start):
-        from musebridge.engine.families import FAMILY_BY_NAME, fold_into_range
+        from musebridge.engine.music.families import FAMILY_BY_NAME, fold_into_range
 
         p = fold_into_range(n.pitch, FAMILY_BY_NAME[n.family])
         if p is None:

@@ -8,15 +8,15 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import write_test_midi  # noqa: E402
-from musebridge.engine.baselines import NGramModel  # noqa: E402
-from musebridge.engine.batches import WindowSampler  # noqa: E402
-from musebridge.engine.checkpoint import load_model  # noqa: E402
-from musebridge.engine.data_build import build  # noqa: E402
-from musebridge.engine.dataset import TokenShards  # noqa: E402
-from musebridge.engine.evaluate import evaluate  # noqa: E402
-from musebridge.engine.features import FeatureTracker, UNKNOWN  # noqa: E402
-from musebridge.engine.train import TrainConfig, TrainError, train  # noqa: E402
-from musebridge.engine.vocab import INSTRUMENT, STYLE  # noqa: E402
+from musebridge.engine.training.baselines import NGramModel  # noqa: E402
+from musebridge.engine.data.batches import WindowSampler  # noqa: E402
+from musebridge.engine.training.checkpoint import load_model  # noqa: E402
+from musebridge.engine.data.data_build import build  # noqa: E402
+from musebridge.engine.data.dataset import TokenShards  # noqa: E402
+from musebridge.engine.training.evaluate import evaluate  # noqa: E402
+from musebridge.engine.music.features import FeatureTracker, UNKNOWN  # noqa: E402
+from musebridge.engine.training.train import TrainConfig, TrainError, train  # noqa: E402
+from musebridge.engine.music.vocab import INSTRUMENT, STYLE  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_baselines_and_eval_table(data, tmp_path):
 
 @pytest.mark.xdist_group("exclusive")  # CPU-heavy: never beside the timing tests
 def test_critic_and_style_classifier(tmp_path):
-    from musebridge.engine.critic import inception_score, load_classifier, rank_by_critic, train_critic, train_style
+    from musebridge.engine.training.critic import inception_score, load_classifier, rank_by_critic, train_critic, train_style
 
     for style, pitch_shift in (("low", 0), ("high", 24)):
         src = tmp_path / style
@@ -125,8 +125,8 @@ def test_critic_and_style_classifier(tmp_path):
         for i in range(12):
             write_test_midi(src / f"{i}.mid")
     # make the two folders differ musically: transpose the "high" one
-    from musebridge.engine.midi_file import read_midi, write_midi
-    from musebridge.engine.events import Note
+    from musebridge.engine.music.midi_file import read_midi, write_midi
+    from musebridge.engine.music.events import Note
 
     for f in (tmp_path / "high").glob("*.mid"):
         p = read_midi(f)
@@ -153,7 +153,7 @@ def test_eval_command_with_baselines_and_style_score(data, tmp_path):
     import subprocess
     import sys
 
-    from musebridge.engine.critic import train_style
+    from musebridge.engine.training.critic import train_style
 
     train(data, tmp_path / "tf", _cfg(steps=2))
     base = tmp_path / "base"
@@ -219,7 +219,7 @@ def test_mixup_steps_go_through_the_ddp_wrapper(data, tmp_path, monkeypatch):
 
 def test_eval_scores_one_collection_of_the_split(data, tmp_path):
     """`eval --source` (the band-context test set) scores only that collection's pieces."""
-    from musebridge.engine.evaluate import eval_tokens
+    from musebridge.engine.training.evaluate import eval_tokens
     from musebridge.errors import DataError
 
     shards = TokenShards(data)

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from musebridge.engine.families import FAMILIES, family_for_program, fold_into_range, get_family
-from musebridge.engine.vocab import NOTE, VocabConfig, Vocabulary
+from musebridge.engine.music.families import FAMILIES, family_for_program, fold_into_range, get_family
+from musebridge.engine.music.vocab import NOTE, VocabConfig, Vocabulary
 from musebridge.errors import VocabError
 
 

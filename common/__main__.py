@@ -1,0 +1,5 @@
+import sys
+
+from musebridge.cli.main import main
+
+sys.exit(main())

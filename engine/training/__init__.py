@@ -1,0 +1,2 @@
+"""The model and its training: the transformer, model files, training, held-out evaluation,
+the baselines and the critic."""
