@@ -51,15 +51,18 @@ class SoundingNote:
 
 
 class NoteTracker:
-    """Every note-on sent and not yet matched by a note-off.
+    """Every note-on sent and not yet matched by a note-off: what sounds now.
 
     A key struck twice without a release counts twice (a note-off ends the oldest), so a
-    synth that stacks voices gets one note-off per voice. Thread-safe.
+    synth that stacks voices gets one note-off per voice. Each note has an id: the
+    caller's (the scheduler passes its own note ids, so one id names a note from the
+    moment it is scheduled until it is released), else the tracker's own. Thread-safe.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._notes: dict[tuple[int, int], deque[SoundingNote]] = {}
+        self._keys: dict[int, tuple[int, int]] = {}  # note id -> (channel, pitch) of a sounding note
         self._ids = itertools.count()
         self.channels_used: set[int] = set()
 
@@ -69,6 +72,7 @@ class NoteTracker:
         note = SoundingNote(channel, pitch, nid, time.perf_counter() if t is None else t)
         with self._lock:
             self._notes.setdefault((channel, pitch), deque()).append(note)
+            self._keys[nid] = (channel, pitch)
             self.channels_used.add(channel)
         return nid
 
@@ -81,7 +85,25 @@ class NoteTracker:
             note = q.popleft()
             if not q:
                 del self._notes[(channel, pitch)]
+            self._keys.pop(note.note_id, None)
             return note
+
+    def end(self, note_id: int) -> SoundingNote | None:
+        """Record the note-off of the note with this id; returns it (None if it is not sounding:
+        never sent, or ended already)."""
+        with self._lock:
+            key = self._keys.pop(note_id, None)
+            if key is None:
+                return None
+            q = self._notes[key]
+            note = next(n for n in q if n.note_id == note_id)
+            q.remove(note)
+            if not q:
+                del self._notes[key]
+            return note
+
+    def __bool__(self) -> bool:
+        return bool(self._notes)
 
     def observe(self, msg: bytes | bytearray, t: float | None = None) -> None:
         """Record any raw message we sent: notes, and CC120/123 (which silence a channel)."""
@@ -96,7 +118,8 @@ class NoteTracker:
             ch = msg[0] & 0x0F
             with self._lock:
                 for k in [k for k in self._notes if k[0] == ch]:
-                    del self._notes[k]
+                    for n in self._notes.pop(k):
+                        self._keys.pop(n.note_id, None)
             self.channels_used.add(ch)
 
     def sounding(self) -> list[SoundingNote]:
@@ -128,6 +151,7 @@ class NoteTracker:
         with self._lock:
             notes = sorted((n for q in self._notes.values() for n in q), key=lambda n: n.start)
             self._notes.clear()
+            self._keys.clear()
             channels = sorted(self.channels_used)
         msgs = [bytes([NOTE_OFF | n.channel, n.pitch, 0]) for n in notes]
         for ch in channels:

@@ -44,13 +44,12 @@ def _try_realtime_priority() -> bool:
 class Scheduled:
     beat: float
     seq: int
-    kind: str = field(compare=False)  # "on" | "off" | "raw"
+    kind: str = field(compare=False)  # "on" | "off"
     channel: int = field(compare=False, default=0)
     pitch: int = field(compare=False, default=0)
     velocity: int = field(compare=False, default=0)
     note_id: int = field(compare=False, default=-1)
     tag: int = field(compare=False, default=0)  # which answer it belongs to (for cancel)
-    raw: bytes = field(compare=False, default=b"")
 
 
 class Scheduler:
@@ -65,12 +64,11 @@ class Scheduler:
         self.max_note_s = max_note_s
         self.latency_s = latency_s  # sent this much early to make up for the output's latency
         self.on_sent = on_sent
-        self.tracker = NoteTracker()
+        self.tracker = NoteTracker()  # the notes sent and not released, by the ids given here
         self._heap: list[Scheduled] = []
         self._seq = itertools.count()
         self._ids = itertools.count()
         self._cv = threading.Condition()
-        self._live: dict[int, tuple[int, int]] = {}  # note id -> (channel, pitch) sent, not released
         self._dropped_ids: set[int] = set()
         self.jitter_ms: list[float] = []  # actual - scheduled, per message sent
         self.dropped_late = 0
@@ -112,11 +110,11 @@ class Scheduler:
                 if hit and it.kind == "on":
                     dropped += 1
                     self._dropped_ids.add(it.note_id)
-                elif hit and it.kind == "off" and it.note_id in self._live:
-                    ch, p = self._live.pop(it.note_id)
-                    self._emit(bytes([0x80 | ch, p, 0]))
-                    self.tracker.note_off(ch, p)
-                elif not (hit and it.kind == "off"):
+                elif hit and it.kind == "off":
+                    note = self.tracker.end(it.note_id)
+                    if note is not None:  # sounding: released now
+                        self._emit(bytes([0x80 | note.channel, note.pitch, 0]))
+                else:
                     keep.append(it)
             heapq.heapify(keep)
             self._heap = keep
@@ -128,7 +126,6 @@ class Scheduler:
         with self._cv:
             self._heap.clear()
             self._dropped_ids.clear()
-            self._live.clear()
             for msg in self.tracker.release_all():
                 self._emit(msg)
             self._cv.notify()
@@ -184,23 +181,15 @@ class Scheduler:
                 if late > self.late_s:
                     self.dropped_late += 1
                 return
-            if (it.channel, it.pitch) in self._live.values():  # re-strike of a sounding key
-                for nid, cp in list(self._live.items()):
-                    if cp == (it.channel, it.pitch):
-                        del self._live[nid]
+            if self.tracker.note_off(it.channel, it.pitch) is not None:  # re-strike of a sounding key
                 self._emit(bytes([0x80 | it.channel, it.pitch, 0]))
-                self.tracker.note_off(it.channel, it.pitch)
             self._emit(bytes([0x90 | it.channel, it.pitch, max(1, min(127, it.velocity))]))
-            self.tracker.note_on(it.channel, it.pitch, now)
-            self._live[it.note_id] = (it.channel, it.pitch)
-        elif it.kind == "off":
+            self.tracker.note_on(it.channel, it.pitch, now, note_id=it.note_id)
+        else:
             self._dropped_ids.discard(it.note_id)
-            if self._live.pop(it.note_id, None) is None:
+            if self.tracker.end(it.note_id) is None:
                 return  # its note-on was dropped, or it was released already
             self._emit(bytes([0x80 | it.channel, it.pitch, 0]))
-            self.tracker.note_off(it.channel, it.pitch)
-        else:
-            self._emit(it.raw)
         self.sent += 1
         sent_at = time.perf_counter()
         self.jitter_ms.append((sent_at - due) * 1000.0)
@@ -210,16 +199,12 @@ class Scheduler:
             self.on_sent(it, due, sent_at)
 
     def _release_expired(self) -> None:
-        if not self._live:
+        if not self.tracker:
             return
         now = time.perf_counter()
         for ch, p in self.tracker.expired(now, self.max_note_s):
-            for nid, cp in list(self._live.items()):
-                if cp == (ch, p):
-                    del self._live[nid]
-                    self._dropped_ids.add(nid)  # its own note-off, when it comes, finds nothing to do
+            self.tracker.note_off(ch, p)  # its own note-off, when it comes, finds nothing to do
             self._emit(bytes([0x80 | ch, p, 0]))
-            self.tracker.note_off(ch, p)
             if self.on_sent is not None:
                 self.on_sent(Scheduled(0.0, -1, "off", ch, p), now, now)
 

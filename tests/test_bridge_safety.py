@@ -71,6 +71,15 @@ def test_note_off_ends_the_oldest_voice_and_velocity_zero_is_an_off():
     assert tr.note_off(0, 60) is None  # a stray off is harmless
 
 
+def test_end_releases_the_very_note_its_id_names():
+    tr = NoteTracker()
+    tr.note_on(0, 60, t=1.0, note_id=10)
+    tr.note_on(0, 60, t=2.0, note_id=11)
+    assert tr.end(11).start == 2.0 and [n.note_id for n in tr.sounding()] == [10]
+    assert tr.end(11) is None  # ended already
+    assert tr.note_off(0, 60).note_id == 10 and tr.end(10) is None and not tr
+
+
 def test_expired_lists_notes_held_too_long_without_releasing_them():
     tr = NoteTracker()
     tr.note_on(1, 40, t=0.0)
