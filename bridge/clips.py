@@ -3,7 +3,7 @@
 A clip exports as a type-1 .mid (one track per family with its GM program, the tempo and
 time signature) whose text metadata carries its seed and sampling settings, so a clip a
 producer keeps can be made again. `musebridge jam --save DIR` and the app's clip list
-both build clips here from the session's answer history.
+both build clips here from the jam record's answers (`AnswerRecord`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 
 from musebridge.engine.music.events import Note, NoteOff, NoteOn, Piece, Tempo, TimeSignature, iter_notes
 from musebridge.engine.music.midi_file import write_midi
+
+from .jam_record import AnswerRecord
 
 
 @dataclass
@@ -76,16 +78,18 @@ def timing(bpm: float, beats_per_bar: int) -> tuple[list[Tempo], list[TimeSignat
     return [Tempo(0.0, float(bpm))], [TimeSignature(0.0, int(beats_per_bar), 4)]
 
 
-def clip_from_answer(rec: dict, beats_per_bar: int, prompt: Piece | None = None, model: str | None = None) -> Clip:
-    """A session history entry (events in timeline beats) as a clip starting at beat 0."""
-    events = [e for e in rec.get("events", []) if isinstance(e, (NoteOn, NoteOff))]
+def clip_from_answer(rec: AnswerRecord | dict, beats_per_bar: int, prompt: Piece | None = None,
+                     model: str | None = None) -> Clip:
+    """A jam answer (its events in timeline beats; an `AnswerRecord`, or its fields as a
+    mapping) as a clip starting at beat 0."""
+    rec = AnswerRecord.of(rec)
+    events = [e for e in rec.events if isinstance(e, (NoteOn, NoteOff))]
     t0 = min((e.time for e in events), default=0.0)
     notes = [replace(n, start=n.start - t0) for n in iter_notes(events)]
-    tempos, sigs = timing(rec.get("bpm", 120.0), beats_per_bar)
-    piece = Piece(notes=notes, tempos=tempos, time_signatures=sigs, style=rec.get("style"),
-                  name=f"MuseBridge answer {rec.get('tag')}").sorted()
-    return Clip(label=f"#{rec.get('tag')}", piece=piece, bars=rec.get("bars", 2.0), bpm=rec.get("bpm", 120.0),
-                beats_per_bar=beats_per_bar, controls=dict(rec.get("controls") or {}), style=rec.get("style"),
-                source="answer", start=rec.get("start"), prompt=prompt, model=model,
-                cancelled=bool(rec.get("cancelled", False)),
-                critic=rec.get("score") if rec.get("score_by") == "critic" else None)
+    tempos, sigs = timing(rec.bpm, beats_per_bar)
+    piece = Piece(notes=notes, tempos=tempos, time_signatures=sigs, style=rec.style,
+                  name=f"MuseBridge answer {rec.tag}").sorted()
+    return Clip(label=f"#{rec.tag}", piece=piece, bars=rec.bars, bpm=rec.bpm,
+                beats_per_bar=beats_per_bar, controls=dict(rec.controls or {}), style=rec.style,
+                source="answer", start=rec.start, prompt=prompt, model=model, cancelled=bool(rec.cancelled),
+                critic=rec.score if rec.score_by == "critic" else None)

@@ -42,6 +42,21 @@ LOCK_TICKS = 6  # ticks since Start/Continue before the song follows this clock 
 EPS = 1e-9
 
 
+def next_line(beat: float, unit: float) -> float:
+    """The first line (a multiple of `unit` beats: a bar, a beat) strictly after `beat`."""
+    return (math.floor(beat / unit + EPS) + 1) * unit
+
+
+def line_at_or_before(beat: float, unit: float) -> float:
+    """The last line (a multiple of `unit` beats) at or before `beat`: the bar `beat` is in."""
+    return math.floor(beat / unit + EPS) * unit
+
+
+def line_at_or_after(beat: float, unit: float) -> float:
+    """The first line (a multiple of `unit` beats) at or after `beat`."""
+    return math.ceil(beat / unit - EPS) * unit
+
+
 class _Timebase:
     """Bar and beat arithmetic shared by both clocks (beats are quarter notes)."""
 
@@ -56,12 +71,11 @@ class _Timebase:
 
     def next_beat(self, beat: float) -> float:
         """The first whole beat strictly after `beat`."""
-        return math.floor(beat + EPS) + 1.0
+        return next_line(beat, 1.0)
 
     def next_bar(self, beat: float) -> float:
         """The first bar line strictly after `beat` (bars start at beat 0)."""
-        bpb = self.beats_per_bar
-        return (math.floor(beat / bpb + EPS) + 1) * bpb
+        return next_line(beat, self.beats_per_bar)
 
     def bar_of(self, beat: float) -> int:
         """0-based bar number holding `beat`."""
@@ -357,3 +371,49 @@ def _fit_line(ticks: deque[tuple[int, float]], prev: _Fit) -> _Fit:
         b = prev.b + (b - prev.b) * (n - 1) / (TRUST_TICKS - 1)
     a = (t0 + mt) - b * (k0 + mk)
     return _Fit(a, b)
+
+
+FLYWHEEL_S = 2.0  # a MIDI clock whose ticks stall this long is given up for the internal clock
+
+
+class SessionClock:
+    """The jam's song time: the MIDI clock while it runs (unless `cfg.clock` is "internal"),
+    else the internal clock at `cfg.bpm`. `cfg` is a `JamConfig` (its clock, bpm and
+    beats_per_bar are read)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.midi = ClockFollower(beats_per_bar=cfg.beats_per_bar)
+        self.internal = InternalClock(cfg.bpm, beats_per_bar=cfg.beats_per_bar)
+        self.internal.start()
+
+    @property
+    def active(self):
+        """The MIDI clock from Start to Stop, even through a stall in its ticks (it flywheels
+        on the last tempo, so positions never jump); the internal clock otherwise."""
+        if self.cfg.clock != "internal" and self.midi.heard_within(FLYWHEEL_S):
+            return self.midi
+        return self.internal
+
+    @property
+    def following(self) -> bool:
+        """Locked to a MIDI clock that is ticking now (for the status display)."""
+        return self.active is self.midi and self.midi.running
+
+    def beat_at(self, t: float) -> float:
+        return self.active.beat_at(t)
+
+    def time_at(self, beat: float) -> float:
+        return self.active.time_at(beat)
+
+    @property
+    def bpm(self) -> float:
+        return self.active.bpm
+
+    def output_latency(self) -> float:
+        """How early to send notes, in seconds (auto latency compensation): a driver that
+        delivers MIDI once per period (JACK) delays clock ticks by 0..P on the way in and our
+        notes by 0..P on the way out, P/2 each on average. P shows as the spread of tick
+        arrivals around the tempo line, so sending that much early (up to 6 ms) puts notes
+        back on the DAW's grid. 0 on the internal clock."""
+        return min(self.midi.arrival_spread(), 0.006) if self.following else 0.0

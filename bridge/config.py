@@ -42,7 +42,6 @@ class JamConfig:
     latency_ms: float | None = None  # send this much early; None: auto (from the clock's arrival spread)
     late_ms: float = 30.0  # a note later than this is dropped, never bunched
     program_changes: bool = True
-    echo_guard_ms: float = 50.0
     # answers (call and response, one-shot): sample up to this many before the answer's bar line, time allowing,
     # and play the one the model folder's critic likes best (opened by start() when this is > 1; without one,
     # or set above 1 later, by the model's own likelihood); 1: play the first as it is sampled

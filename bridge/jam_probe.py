@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .ports import MidiInput, MidiOutput, list_ports
+from .midi_input import MidiInput
+from .ports import MidiOutput, list_ports
 
 
 def bridge_port(kind: str, api: str = "jack") -> str:

@@ -90,6 +90,13 @@ class Candidate:
         return sum(isinstance(e, NoteOn) for e in self.answer.events)
 
 
+def jam_families(in_family: str, strengths: dict[str, float]) -> list[str]:
+    """The families a jam's prefix names: the player's, then those turned up past the middle
+    (a strength above 0.5), less any muted (0)."""
+    fams = [in_family] + [f for f, s in strengths.items() if s > 0.5]
+    return [f for f in dict.fromkeys(fams) if strengths.get(f, 0.5) > 0]
+
+
 class Timeline:
     """Runtime + encoder + grammar for a whole jam; times are timeline beats (>= 0)."""
 

@@ -13,23 +13,24 @@ from PyQt6.QtGui import QColor, QDrag, QIcon, QPainter, QPixmap
 from PyQt6.QtWidgets import QAbstractItemView, QListWidget, QListWidgetItem
 
 from musebridge.bridge.clips import Clip, clip_from_answer, timing  # noqa: F401  (the app's clips)
+from musebridge.bridge.jam_record import RollNote
 from musebridge.engine.music.events import Note, Piece
 
 from . import theme
 
 
-def phrase_before(notes: list[dict], beat: float, beats_per_bar: int, bpm: float, max_bars: float = 4,
+def phrase_before(notes: list[RollNote], beat: float, beats_per_bar: int, bpm: float, max_bars: float = 4,
                   after: float = -math.inf) -> Piece:
-    """The player's notes (roll dicts, song beats) in the few bars before `beat` and after
+    """The player's notes (the roll's, song beats) in the few bars before `beat` and after
     `after`, as a prompt Piece starting on a bar line at 0."""
     lo = max(after, beat - max_bars * beats_per_bar)
-    mine = [n for n in notes if n["src"] == "user" and lo <= n["on"] < beat]
+    mine = [n for n in notes if n.src == "user" and lo <= n.on < beat]
     tempos, sigs = timing(bpm, beats_per_bar)
     if not mine:
         return Piece(tempos=tempos, time_signatures=sigs)
-    shift = math.floor(min(n["on"] for n in mine) / beats_per_bar) * beats_per_bar
-    out = [Note(n["on"] - shift, max((n["off"] if n["off"] is not None else beat) - n["on"], 1 / 48), n["pitch"],
-                max(int(n.get("velocity") or 80), 1), n["family"]) for n in mine]
+    shift = math.floor(min(n.on for n in mine) / beats_per_bar) * beats_per_bar
+    out = [Note(n.on - shift, max((n.off if n.off is not None else beat) - n.on, 1 / 48), n.pitch,
+                max(int(n.velocity or 80), 1), n.family) for n in mine]
     return Piece(notes=out, tempos=tempos, time_signatures=sigs).sorted()
 
 

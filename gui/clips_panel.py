@@ -1,8 +1,8 @@
 """The Clips panel of the main window: every answer as a clip, to play, regenerate, vary and export.
 
 A part of `MainWindow` (a mixin: `clips`, the buttons and the handlers live on the window
-object, where the tests reach them). Clips are built from the session's `history` and
-`roll_snapshot()`; variations and regenerations run on the window's `GenerateJob`, off the
+object, where the tests reach them). Clips are built from the answers and the roll of the
+session's `record`; variations and regenerations run on the window's `GenerateJob`, off the
 GUI thread.
 """
 
@@ -72,21 +72,19 @@ class ClipsPanelMixin:
 
     # --- clips ---------------------------------------------------------------------------------
     def sync_history(self) -> None:
-        """New answers in the session's history become clips (with the phrase they answer)."""
+        """New answers in the session's record become clips (with the phrase they answer)."""
         s = self.session
         bpb = s.cfg.beats_per_bar
-        notes = s.roll_snapshot()
-        hist = list(s.history)
+        notes = s.record.roll_snapshot()
+        hist = s.record.answers()
         for i, rec in enumerate(hist):
-            if rec.get("tag", 0) <= self._seen_tag:
+            if rec.tag <= self._seen_tag:
                 continue
-            prev_end = -math.inf
-            if i > 0:
-                prev_end = hist[i - 1]["start"] + hist[i - 1]["bars"] * bpb
-            prompt = phrase_before(notes, rec["start"], bpb, rec.get("bpm", 120.0), after=prev_end)
+            prev_end = hist[i - 1].end(bpb) if i > 0 else -math.inf
+            prompt = phrase_before(notes, rec.start, bpb, rec.bpm, after=prev_end)
             clip = clip_from_answer(rec, bpb, prompt, model=s.cfg.model)
             self.clips.add_clip(clip)
-            self._seen_tag = rec["tag"]
+            self._seen_tag = rec.tag
             if not self.clips.selectedItems():  # never take a clip out of the player's hands
                 self.clips.select(clip)
 
@@ -141,12 +139,12 @@ class ClipsPanelMixin:
         """What the player played last: their notes since the latest answer that ended before it."""
         s = self.session
         bpb = s.cfg.beats_per_bar
-        notes = s.roll_snapshot()
-        mine = [n for n in notes if n["src"] == "user"]
+        notes = s.record.roll_snapshot()
+        mine = [n for n in notes if n.src == "user"]
         if not mine:
             return None
-        last_on = max(n["on"] for n in mine)
-        ends = [h["start"] + h["bars"] * bpb for h in s.history]
+        last_on = max(n.on for n in mine)
+        ends = [a.end(bpb) for a in s.record.answers()]
         after = max((e for e in ends if e <= last_on), default=-math.inf)
         return phrase_before(notes, last_on + 1e-6, bpb, s.clock.bpm, after=after)
 

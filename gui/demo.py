@@ -3,8 +3,8 @@
 The player's phrases are written out (piano, A minor); the answers are real: the model
 answers each phrase through the same `Timeline` the jam session uses (streamed prompt,
 answer from the bar line, seeded), so the roll, the clips and the meter's first-token,
-tokens/s and realtime figures are what this machine measured. Nothing is sent anywhere:
-the session stays stopped, with no ports.
+tokens/s and realtime figures are what this machine measured. They go into the session's
+`record` as a jam's would. Nothing is sent anywhere: the session stays stopped, with no ports.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from musebridge.bridge.jam_record import AnswerRecord, RollNote
 from musebridge.engine.music.events import NoteOff, NoteOn, event_sort_key
 from musebridge.engine.decode.sampling import LogitShaper
 
@@ -29,27 +30,28 @@ NOW_PLAYING = [(0, 0.5, 69, 90), (0.5, 0.5, 72, 84), (1, None, 76, 92), (1, None
 STRENGTHS = {"bass": 0.8, "strings": 0.7, "drums": 0.0, "synth_lead": 0.3}
 
 
-def _roll(notes, at: float, playhead: float) -> list[dict]:
-    return [{"src": "user", "family": "piano", "pitch": p, "on": at + s, "off": None if d is None else at + s + d,
-             "velocity": v} for s, d, p, v in notes if at + s <= playhead]
+def _roll(notes, at: float, playhead: float) -> list[RollNote]:
+    return [RollNote("user", "piano", p, at + s, None if d is None else at + s + d, v)
+            for s, d, p, v in notes if at + s <= playhead]
 
 
-def _events(notes: list[dict]) -> list:
+def _events(notes: list[RollNote]) -> list:
     evs = []
     for n in notes:
-        evs.append(NoteOn(n["on"], n["family"], n["pitch"], n["velocity"]))
-        if n["off"] is not None:
-            evs.append(NoteOff(n["off"], n["family"], n["pitch"]))
+        evs.append(NoteOn(n.on, n.family, n.pitch, n.velocity))
+        if n.off is not None:
+            evs.append(NoteOff(n.off, n.family, n.pitch))
     return sorted(evs, key=event_sort_key)
 
 
 def load_demo(window, runtime=None, style: str | None = "pop", seed: int = 7) -> None:
-    """Fill `window`'s (stopped, portless) session with a played jam and real answers."""
-    from musebridge.bridge.timeline import Timeline
+    """Fill `window`'s (stopped, portless) session's record with a played jam and real answers."""
+    from musebridge.bridge.timeline import Timeline, jam_families
 
     from .jobs import open_runtime
 
     s = window.session
+    record = s.record
     for fam, value in STRENGTHS.items():
         strip = window.mixer.strips[fam]
         if value == 0:
@@ -65,44 +67,31 @@ def load_demo(window, runtime=None, style: str | None = "pop", seed: int = 7) ->
     bpb, bpm, bars = cfg.beats_per_bar, cfg.bpm, cfg.bars
     rt = runtime or open_runtime(cfg.model, cfg.backend)
     window.backend = getattr(rt, "name", None)
-    fams = [cfg.in_family] + [f for f, v in s.controls.strengths.items() if v > 0.5]
-    tl = Timeline(rt, cfg.style, [f for f in dict.fromkeys(fams) if s.controls.strengths.get(f, 0.5) > 0], bpb)
+    tl = Timeline(rt, cfg.style, jam_families(cfg.in_family, s.controls.strengths), bpb)
     shaper = LogitShaper(tl.vocab, s.controls)
     rng = np.random.default_rng(seed)
     phrase_len = 2 * bpb
     at = 0.0
     for tag, phrase in enumerate((PHRASE_A, PHRASE_B), start=1):
         mine = _roll(phrase, at, float("inf"))
-        s.roll.extend(mine)
+        record.add_notes(mine)
         tl.add(_events(mine))
         start, end = at + phrase_len, at + phrase_len + bars * bpb
         t0 = time.perf_counter()
         ans = tl.generate(start, end, shaper, rng)
         dt = time.perf_counter() - t0
         if ans.first_token_s is not None:
-            s.latencies["first_token_ms"].append(ans.first_token_s * 1000.0)
-        s.throughput["tokens_per_s"].append(ans.tokens / dt)
-        s.throughput["realtime_x"].append((end - start) * 60.0 / bpm / dt)
+            record.first_token_ms.append(ans.first_token_s * 1000.0)
+        record.generated(ans.tokens, dt, (end - start) * 60.0 / bpm)
         events = [e for e in ans.events if isinstance(e, (NoteOn, NoteOff))]
-        opened: dict = {}
         for e in events:
-            key = (e.family, e.pitch)
-            if isinstance(e, NoteOn):
-                if key in opened:
-                    opened.pop(key)["off"] = e.time
-                note = {"src": "model", "family": e.family, "pitch": e.pitch, "on": e.time, "off": None,
-                        "velocity": e.velocity}
-                opened[key] = note
-                s.roll.append(note)
-            elif key in opened:
-                opened.pop(key)["off"] = e.time
-        for note in opened.values():
-            note["off"] = end
-        s.history.append({"tag": tag, "start": start, "bars": bars, "bpm": bpm, "events": events,
-                          "controls": s.controls.to_dict(), "style": cfg.style})
+            on = isinstance(e, NoteOn)
+            record.note("model", e.family, e.pitch, e.time, on, e.velocity if on else 0)
+        record.end_open("model", end)
+        record.add_answer(AnswerRecord(tag, start, bars, bpm, events, s.controls.to_dict(), cfg.style))
         at = end
     playhead = at + 1.6
-    s.roll.extend(_roll(NOW_PLAYING, at, playhead))
+    record.add_notes(_roll(NOW_PLAYING, at, playhead))
     window._frozen_playhead = playhead
     window.sync_history()
     window.tick()

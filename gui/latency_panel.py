@@ -1,8 +1,8 @@
 """The Latency panel of the main window: the meter and the figures it shows.
 
 A part of `MainWindow` (a mixin: `meter` and `meter_numbers` live on the window object). The
-figures are read from what the session records -- its latencies, throughput and the
-scheduler's jitter -- and never computed here.
+figures are read from what the session records -- its record's latencies and throughput
+(`bridge/jam_record.py`) and the scheduler's jitter -- and never computed here.
 """
 
 from __future__ import annotations
@@ -23,21 +23,20 @@ class LatencyPanelMixin:
         return lat
 
     def _meter_dirty(self) -> bool:
-        n = len(self.session.latencies["first_token_ms"]) + len(getattr(self.session, "throughput", {}).get("tokens_per_s", ()))
+        n = self.session.record.figures_seen()
         dirty = n != getattr(self, "_meter_n", -1)
         self._meter_n = n
         return dirty
 
     def meter_numbers(self) -> dict:
         s = self.session
-        tp = getattr(s, "throughput", {})
+        rec = s.record
         jit = None
         if s.scheduler is not None:
             try:
                 jit = s.scheduler.jitter_stats().get("p99_ms")
             except Exception:
                 jit = None
-        return {"phrase_to_note_ms": list(s.latencies["phrase_to_note_ms"]),
-                "first_token_ms": list(s.latencies["first_token_ms"]),
-                "tokens_per_s": list(tp.get("tokens_per_s", ())), "realtime_x": list(tp.get("realtime_x", ())),
+        return {"phrase_to_note_ms": list(rec.phrase_to_note_ms), "first_token_ms": list(rec.first_token_ms),
+                "tokens_per_s": list(rec.tokens_per_s), "realtime_x": list(rec.realtime_x),
                 "backend": self.backend, "jitter_p99_ms": jit}

@@ -14,7 +14,8 @@ import threading
 
 import rtmidi
 
-from musebridge.bridge.ports import CLIENT_NAME, list_ports, resolve_api
+from musebridge.bridge.midi_system import CLIENT_NAME, resolve_api
+from musebridge.bridge.ports import list_ports
 
 
 class PortWatcher:

@@ -13,7 +13,7 @@ import threading
 from PyQt6.QtCore import Qt
 from PyQt6.QtWidgets import QComboBox, QFormLayout, QGroupBox
 
-from musebridge.bridge.ports import API_CHOICES
+from musebridge.bridge.midi_system import API_CHOICES
 from musebridge.engine.music.families import FAMILIES
 
 from . import theme

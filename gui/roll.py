@@ -1,6 +1,6 @@
 """The live piano roll: the player's notes and the model's, one colour per family.
 
-A plain `paintEvent` over the session's `roll_snapshot()` (note dicts in song beats), so
+A plain `paintEvent` over the jam record's `roll_snapshot()` (`RollNote`s in song beats), so
 the roll draws exactly what the session heard and sent. The player's notes are outlined
 and pale, the model's filled; answers are marked as bands on the ruler. The view follows
 the playhead until the player scrolls back (wheel or scrollbar); scrolling to the end,
@@ -14,6 +14,8 @@ import math
 from PyQt6.QtCore import QPointF, QRectF, Qt, pyqtSignal
 from PyQt6.QtGui import QColor, QFont, QPainter, QPainterPath, QPen, QPixmap
 from PyQt6.QtWidgets import QScrollBar, QWidget
+
+from musebridge.bridge.jam_record import RollNote
 
 from . import theme
 
@@ -31,7 +33,7 @@ class PianoRoll(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.setMinimumSize(320, 180)
-        self.notes: list[dict] = []
+        self.notes: list[RollNote] = []
         self.regions: list[tuple[float, float, str]] = []  # (start, end, label) in song beats
         self.playhead: float | None = None
         self.beats_per_bar = 4
@@ -46,7 +48,7 @@ class PianoRoll(QWidget):
         self._setting_scroll = False
 
     # --- data in ------------------------------------------------------------------------
-    def set_data(self, notes: list[dict], playhead: float | None, regions: list[tuple[float, float, str]] | None = None,
+    def set_data(self, notes: list[RollNote], playhead: float | None, regions: list[tuple[float, float, str]] | None = None,
                  beats_per_bar: int | None = None, max_open: float | None = None) -> None:
         self.notes = notes
         if max_open:
@@ -84,16 +86,16 @@ class PianoRoll(QWidget):
 
     def _extent(self) -> tuple[float, float]:
         """The beats there is something to see in: first note .. playhead (or last note)."""
-        ends = [n["off"] if n["off"] is not None else (self.playhead or n["on"]) for n in self.notes]
-        first = min((n["on"] for n in self.notes), default=self.playhead or 0.0)
+        ends = [n.off if n.off is not None else (self.playhead or n.on) for n in self.notes]
+        first = min((n.on for n in self.notes), default=self.playhead or 0.0)
         last = max([*ends, *(e for _, e, _ in self.regions), self.playhead or 0.0], default=0.0)
         return min(first, last), last
 
     def _fit_pitches(self) -> None:
         if not self.notes:
             return
-        lo = min(n["pitch"] for n in self.notes) - 3
-        hi = max(n["pitch"] for n in self.notes) + 3
+        lo = min(n.pitch for n in self.notes) - 3
+        hi = max(n.pitch for n in self.notes) + 3
         if hi - lo < 24:
             mid = (hi + lo) / 2
             lo, hi = int(mid - 12), int(mid + 12)
@@ -187,24 +189,24 @@ class PianoRoll(QWidget):
         lo_b, hi_b = self.view_start - 1, self.view_start + self.visible_beats + 1
         p.setClipRect(a)
         for n in self.notes:
-            off = n["off"]
+            off = n.off
             if off is None:  # still sounding (the bridge's guard never holds a model note past max_open)
-                off = self.playhead if self.playhead is not None else n["on"] + 0.25
-                if n["src"] == "model":
-                    off = min(off, n["on"] + self.max_open)
-            if off < lo_b or n["on"] > hi_b or not self.low <= n["pitch"] <= self.high:
+                off = self.playhead if self.playhead is not None else n.on + 0.25
+                if n.src == "model":
+                    off = min(off, n.on + self.max_open)
+            if off < lo_b or n.on > hi_b or not self.low <= n.pitch <= self.high:
                 continue
-            x0, x1 = self.x_of(n["on"]), self.x_of(max(off, n["on"] + 0.05))
-            r = QRectF(x0, self.y_of(n["pitch"]) + 0.5, max(x1 - x0, 2.0), max(row_h - 1.0, 1.5))
-            c = theme.family_colour(n["family"])
-            if n["src"] == "user":
+            x0, x1 = self.x_of(n.on), self.x_of(max(off, n.on + 0.05))
+            r = QRectF(x0, self.y_of(n.pitch) + 0.5, max(x1 - x0, 2.0), max(row_h - 1.0, 1.5))
+            c = theme.family_colour(n.family)
+            if n.src == "user":
                 fill = QColor(c)
                 fill.setAlpha(55)
                 p.setPen(QPen(c.lighter(110), 1.4))
                 p.setBrush(fill)
             else:
                 fill = QColor(c)
-                fill.setAlpha(150 + int(min(max(n.get("velocity") or 80, 1), 127) * 105 / 127))
+                fill.setAlpha(150 + int(min(max(n.velocity or 80, 1), 127) * 105 / 127))
                 p.setPen(QPen(c.darker(170), 0.8))
                 p.setBrush(fill)
             p.drawRoundedRect(r, 2.0, 2.0)

@@ -3,9 +3,9 @@
 Every control maps onto a session call -- faders to `set_strength`, temperature, top-p,
 min-p and the follow faders to `set_controls`, mode to `set_mode`, answer length and quantize to
 `set_config`, Start/Stop/Panic/Answer-now to `start`/`stop`/`panic`/`trigger` -- and
-everything shown is read back from the session: the roll from `roll_snapshot()`, the
-clock from `session.clock`, the meter from its latency and throughput figures, the clips
-from `history`. Nothing here decides anything musical.
+everything shown is read back from the session: the roll, the meter's latency and
+throughput figures and the clips from its `record` (`bridge/jam_record.py`), the clock from
+`session.clock`. Nothing here decides anything musical.
 
 This module assembles the window: the transport bar, the three columns, the status bar,
 saved values, the frame tick and closing. The panels with wiring of their own are parts of
@@ -413,10 +413,10 @@ class MainWindow(PortsPanelMixin, GenerationPanelMixin, LatencyPanelMixin, Clips
         playhead = self._playhead_now
         since = (playhead if playhead is not None else 0.0) - 512
         bpb = s.cfg.beats_per_bar
-        regions = [(h["start"], h["start"] + h["bars"] * bpb, f"#{h['tag']}") for h in list(s.history)]
+        regions = [(a.start, a.end(bpb), f"#{a.tag}") for a in s.record.answers()]
         if self._live_region is not None:
             regions.append(self._live_region)
-        self.roll.set_data(s.roll_snapshot(since), playhead, regions, bpb,
+        self.roll.set_data(s.record.roll_snapshot(since), playhead, regions, bpb,
                            max_open=s.cfg.max_note_beats * (s.clock.bpm / s.cfg.bpm if running else 1.0))
         if running:
             bpm = s.clock.bpm
@@ -454,7 +454,7 @@ class MainWindow(PortsPanelMixin, GenerationPanelMixin, LatencyPanelMixin, Clips
         problems = [p for p in (self.error, self.port_problem) if p]
         self.st_error.setText("  ·  ".join(problems))
         c = s.counters
-        text = f"{c.get('notes_in', 0)} notes in · {len(s.history)} answers"
+        text = f"{c.get('notes_in', 0)} notes in · {len(s.record.answers())} answers"
         dropped = s.input_dropped.total  # garbage, sysex and queue overflows the input threw away
         if dropped:
             text += f" · {dropped} input message{'s' if dropped != 1 else ''} dropped"

@@ -196,7 +196,8 @@ def test_time_signature_sets_bar_lines():
 
 def test_clock_and_transport_over_real_jack_ports(jack_server):
     """A sender thread plays Start + 120 BPM clock through JACK; the follower locks to it."""
-    from musebridge.bridge.ports import MidiInput, MidiOutput
+    from musebridge.bridge.midi_input import MidiInput
+    from musebridge.bridge.ports import MidiOutput
 
     cf = ClockFollower()
     with MidiOutput(api="jack") as out, \

@@ -17,8 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from click.testing import CliRunner
 
+from musebridge.bridge import midi_input as input_mod
+from musebridge.bridge import midi_system as system_mod
 from musebridge.bridge import ports as ports_mod
-from musebridge.bridge.ports import MidiInput, MidiOutput, find_port, list_ports, resolve_api
+from musebridge.bridge.midi_input import MidiInput
+from musebridge.bridge.midi_system import resolve_api
+from musebridge.bridge.ports import MidiOutput, find_port, list_ports
 from musebridge.errors import MuseBridgeError
 from musebridge.cli.main import cli, main
 
@@ -48,7 +52,7 @@ def drain(inp: MidiInput, n: int, timeout: float = 5.0) -> list[tuple[bytes, flo
 
 
 def _arrivals(true_times, poll_delays, driver_rate=1.0, deltas=True):
-    from musebridge.bridge.ports import ArrivalClock
+    from musebridge.bridge.midi_input import ArrivalClock
 
     clock, out, prev = ArrivalClock(), [], None
     for t, d in zip(true_times, poll_delays):
@@ -96,15 +100,15 @@ def test_unknown_api_names_the_choices(monkeypatch):
 
 def test_auto_prefers_alsa_when_the_sequencer_exists(monkeypatch, tmp_path):
     monkeypatch.delenv("MUSEBRIDGE_MIDI_API", raising=False)
-    monkeypatch.setattr(ports_mod.sys, "platform", "linux")
+    monkeypatch.setattr(system_mod.sys, "platform", "linux")
     seq = tmp_path / "seq"
     seq.touch()
-    monkeypatch.setattr(ports_mod, "ALSA_SEQ", str(seq))
-    monkeypatch.setattr(ports_mod, "jack_running", lambda: True)
+    monkeypatch.setattr(system_mod, "ALSA_SEQ", str(seq))
+    monkeypatch.setattr(system_mod, "jack_running", lambda: True)
     assert resolve_api("auto") == rtmidi.API_LINUX_ALSA
     seq.unlink()
     assert resolve_api("auto") == rtmidi.API_UNIX_JACK
-    monkeypatch.setattr(ports_mod, "jack_running", lambda: False)
+    monkeypatch.setattr(system_mod, "jack_running", lambda: False)
     assert resolve_api("auto") == rtmidi.API_LINUX_ALSA  # nothing answers: ALSA, whose error says what to do
 
 
@@ -133,7 +137,7 @@ def test_no_jack_server_is_a_one_line_error(monkeypatch):
 
 
 def test_ports_without_alsa_sequencer_print_one_error_line(capsys):
-    if not ports_mod.sys.platform.startswith("linux") or ports_mod.os.path.exists(ports_mod.ALSA_SEQ):
+    if not system_mod.sys.platform.startswith("linux") or system_mod.os.path.exists(system_mod.ALSA_SEQ):
         pytest.skip("needs a Linux machine without the ALSA sequencer")
     assert main(["ports", "--api", "alsa"]) == 2
     err = capsys.readouterr().err.strip()
@@ -206,7 +210,7 @@ def raw_sender(jack_server):
         out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="raw sender")
         ports = out.get_ports()
         out.open_port(ports.index("rawtest:raw in"))
-        time.sleep(ports_mod.JACK_SETTLE_S)
+        time.sleep(system_mod.JACK_SETTLE_S)
         try:
             yield out, inp
         finally:
@@ -262,12 +266,12 @@ def test_after_garbage_over_jack_the_next_note_is_always_heard(raw_sender, piece
 def test_a_burst_that_overflows_the_drivers_queue_is_counted(jack_server, monkeypatch, capfd):
     """rtmidi says it lost messages only on stderr (no error callback): a drain that finds its
     queue full must count an overflow. A queue of 64 against a burst of 2,000 notes."""
-    monkeypatch.setattr(ports_mod, "QUEUE_SIZE", 64)
+    monkeypatch.setattr(input_mod, "QUEUE_SIZE", 64)
     with MidiInput("small in", virtual=True, client_name="smallq") as inp:
         out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="burster")
         try:
             out.open_port(out.get_ports().index("smallq:small in"))
-            time.sleep(ports_mod.JACK_SETTLE_S)
+            time.sleep(system_mod.JACK_SETTLE_S)
             for k in range(2000):
                 out.send_message([0x90, k % 128, 1])
             got = drain(inp, 2000, timeout=2)
@@ -389,8 +393,8 @@ def test_jack_midi_dump_receives_our_notes(jack_server):
 def test_jack_server_starts_stops_and_cleans_up_after_itself(jack_server, tmp_path):
     from musebridge.bridge.jack_server import SHM, JackServer, remove_stale_shm, server_answers
 
-    name = f"mb_extra_{ports_mod.os.getpid()}"
-    uid = ports_mod.os.getuid()
+    name = f"mb_extra_{system_mod.os.getpid()}"
+    uid = system_mod.os.getuid()
     stale = [SHM / f"jack_{name}_{uid}_99", SHM / f"jack_sem.{uid}_{name}_ghost"]  # names jackd never makes
     for p in stale:  # what a killed server leaves: would make the next start fail
         p.write_bytes(b"")
@@ -406,7 +410,7 @@ def test_jack_server_starts_stops_and_cleans_up_after_itself(jack_server, tmp_pa
         assert not srv.running and not server_answers(name)
         assert not list(SHM.glob(f"jack_{name}_*")) and not list(SHM.glob(f"jack_sem.*_{name}_*"))
         with pytest.raises(ProcessLookupError):
-            ports_mod.os.kill(pid, 0)
+            system_mod.os.kill(pid, 0)
         assert other.exists() and remove_stale_shm(name) == []
     finally:
         other.unlink(missing_ok=True)
@@ -419,10 +423,10 @@ def test_killed_servers_do_not_use_up_jacks_registry(jack_server):
     from musebridge.bridge.jack_server import JackServer, server_answers
 
     for i in range(9):
-        srv = JackServer(f"mb_crash{i}_{ports_mod.os.getpid()}").start()
+        srv = JackServer(f"mb_crash{i}_{system_mod.os.getpid()}").start()
         srv.kill()
         srv.stop()
-    with JackServer(f"mb_after_{ports_mod.os.getpid()}") as srv:
+    with JackServer(f"mb_after_{system_mod.os.getpid()}") as srv:
         assert server_answers(srv.name)
 
 

@@ -16,7 +16,8 @@ import pytest
 
 from musebridge.bridge.config import JamConfig
 from musebridge.bridge.jam_probe import Daw, bridge_port
-from musebridge.bridge.ports import MidiInput, MidiOutput
+from musebridge.bridge.midi_input import MidiInput
+from musebridge.bridge.ports import MidiOutput
 from musebridge.bridge.session import JamSession
 from musebridge.engine.decode.sampling import SamplingControls
 
@@ -406,8 +407,8 @@ def test_a_ranked_answer_plays_the_critics_pick_on_the_bar(runtime_factory):
     assert end["candidates"] >= 2 and end["score_by"] == "critic" and 0 < end["score"] < 1, end
     assert not end["cancelled"] and end["notes"] > 0
     assert abs(started["error_ms"]) < cfg.late_ms  # on time: sent, not dropped as late
-    rec = s.history[-1]
-    assert (rec["candidates"], rec["score"], rec["score_by"]) == (end["candidates"], end["score"], "critic")
-    first = min(e.time for e in rec["events"])
+    rec = s.record.answers()[-1]
+    assert (rec.candidates, rec.score, rec.score_by) == (end["candidates"], end["score"], "critic")
+    first = min(e.time for e in rec.events)
     assert first + s.origin == pytest.approx(phrase["start_beat"])  # on the bar line it announced
     assert clip_from_answer(rec, 4).critic == end["score"]

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 from PyQt6.QtGui import QImage  # noqa: E402
 
 from musebridge.bridge.cc_map import CCMap  # noqa: E402
+from musebridge.bridge.jam_record import AnswerRecord, RollNote  # noqa: E402
 from musebridge.engine.training.checkpoint import DEFAULT_MODEL, load_vocab  # noqa: E402
 from musebridge.engine.music.events import NoteOff, NoteOn  # noqa: E402
 from musebridge.engine.music.midi_file import read_metadata, read_midi  # noqa: E402
@@ -188,8 +189,8 @@ def fake_answer(tag=1, start=8.0, seed=11):
 def test_answers_become_clips_that_export_as_valid_midi(make_window, tmp_path, qtbot):
     win = make_window()
     s = win.session
-    s.roll.extend([{"src": "user", "family": "piano", "pitch": 62, "on": 4.0, "off": 5.0, "velocity": 80}])
-    s.history.append(fake_answer())
+    s.record.add_notes([RollNote("user", "piano", 62, 4.0, 5.0, 80)])
+    s.record.add_answer(AnswerRecord(**fake_answer()))
     with qtbot.waitSignal(win.host.event, timeout=2000):
         threading.Thread(target=lambda: s.emit("answer_end", tag=1, notes=4)).start()
     assert win.clips.count() == 1
@@ -223,7 +224,7 @@ def test_a_clip_carries_the_follow_controls_and_recalls_them(make_window, qtbot,
     win.min_p[1].setValue(4)
     win.seed_box.setValue(11)
     made = s.controls  # what the session's answer records carry (its `controls.to_dict()`)
-    s.history.append({**fake_answer(), "controls": made.to_dict()})
+    s.record.add_answer(AnswerRecord(**{**fake_answer(), "controls": made.to_dict()}))
     with qtbot.waitSignal(win.host.event, timeout=2000):
         threading.Thread(target=lambda: s.emit("answer_end", tag=1, notes=4)).start()
     clip = win.clips.current_clip()
@@ -313,8 +314,8 @@ def test_start_and_stop_never_block_the_window(make_window, qtbot):
 def test_variations_run_in_a_thread_and_carry_their_seeds(make_window, qtbot, tmp_path):
     win = make_window()
     s = win.session
-    s.roll.extend([{"src": "user", "family": "piano", "pitch": p, "on": i * 0.5, "off": i * 0.5 + 0.5, "velocity": 90}
-                   for i, p in enumerate([60, 64, 67, 72])])
+    s.record.add_notes([RollNote("user", "piano", p, i * 0.5, i * 0.5 + 0.5, 90)
+                        for i, p in enumerate([60, 64, 67, 72])])
     win.seed_box.setValue(100)
     win.bars_box.setValue(0.5)
     win.var_n.setValue(2)
@@ -341,7 +342,7 @@ def test_bare_musebridge_without_a_display_prints_help():
 
 
 def test_panic_on_a_real_port_and_the_port_vanishing(jack_server, qtbot, tmp_path):
-    from musebridge.bridge.ports import MidiInput
+    from musebridge.bridge.midi_input import MidiInput
     from musebridge.engine.music.events import Note
     from musebridge.gui.port_watch import PortWatcher
 

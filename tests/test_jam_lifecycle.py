@@ -144,7 +144,7 @@ def test_jam_in_unknown_port_lists_only_other_programs_ports(jack_server):
     jam's own output (opened first; before, it was listed as an input to connect to)."""
     from musebridge.bridge.ports import MidiOutput
 
-    from musebridge.bridge.ports import MidiInput
+    from musebridge.bridge.midi_input import MidiInput
 
     with MidiOutput("Keys Out", virtual=True, client_name="keys"), MidiInput("Synth", virtual=True, client_name="synth"):
         for out in ([], ["--out", "synth:Synth"]):  # our output virtual, or connected to a synth by name
@@ -218,7 +218,8 @@ def test_jack_server_dies_and_returns():
 
 PEER = """
 import sys, time
-from musebridge.bridge.ports import MidiInput, MidiOutput
+from musebridge.bridge.midi_input import MidiInput
+from musebridge.bridge.ports import MidiOutput
 got = []
 synth = MidiInput("Synth", virtual=True, client_name="synth", callback=lambda m, t: got.append(m))
 keys = MidiOutput("Keys", virtual=True, client_name="keys")
