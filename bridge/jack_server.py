@@ -1,9 +1,10 @@
 """A private, headless JACK server: for tests, CI, and machines with no ALSA sequencer.
 
 Why these flags (measured on a 2-core Linux box): `-S` (synchronous mode) makes the
-server wait for every client each cycle, so Python MIDI callbacks that run in JACK's
-process thread cannot lose or duplicate events (asynchronous: 1-39 of 2,000 notes lost
-or doubled; synchronous: 0 of 10,000, p99 latency 3-4 ms); `--no-realtime` needs no rtprio limits; the `dummy`
+server wait for every client each cycle, so clients cannot lose or duplicate events
+between them (measured with Python callbacks in JACK's process thread, before the input
+polled from a thread of its own: asynchronous 1-39 of 2,000 notes lost or doubled;
+synchronous 0 of 10,000, p99 latency 3-4 ms); `--no-realtime` needs no rtprio limits; the `dummy`
 driver needs no sound card. A killed server leaves its shared-memory files behind and
 the next start with the same name then fails ("server already active"), so they are
 removed before starting and after stopping.

@@ -176,7 +176,7 @@ class _Port:
         """Called once `reopen` made a new client (inputs: poll it)."""
 
     def _configure(self) -> None:
-        """Set up the rtmidi object before its port opens (inputs: callback, filters)."""
+        """Set up the rtmidi object before its port opens (inputs: which message types pass)."""
 
     def _open_by_name(self) -> None:
         assert self.wanted is not None

@@ -317,7 +317,7 @@ class EchoGuard:
     within 50 ms, another velocity) was taken for an echo and lost. Once a loop is proven,
     an echo may come back with its velocity changed. A note-off is an echo only for a key
     whose note-on was one: the player's own release is never swallowed.
-    Thread-safe: `sent` runs in the output thread, `is_echo` in the input callback.
+    Thread-safe: `sent` runs in the output thread, `is_echo` on the input's polling thread.
     """
 
     LOOP_ON = 0.3

@@ -8,6 +8,7 @@ what sounded. Nothing here knows the music: data flows from the ports to the ses
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -96,10 +97,8 @@ class SessionPorts:
     def close(self) -> None:
         for port in (self.inp, self.out):
             if port is not None:
-                try:
+                with contextlib.suppress(Exception):  # a port that will not close is let go all the same
                     port.close()
-                except Exception:
-                    pass
         self.inp = self.out = None
 
     # --- watching ---------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""Shared helpers: tiny MIDI files written by the tests, and the round-trip check."""
+"""Shared helpers: tiny MIDI files written by the tests, the round-trip check, and waiting
+for a condition (`wait_until`)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import mido
@@ -24,6 +26,16 @@ try:  # test models are tiny: one thread each avoids OpenMP threads fighting acr
     torch.set_num_threads(1)
 except ImportError:
     pass
+
+
+def wait_until(cond, timeout: float) -> bool:
+    """Poll `cond` every 5 ms until it holds (True) or `timeout` seconds pass (its last answer)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.005)
+    return cond()
 
 
 def save_tiny_model(folder: Path, *, lean_to_notes: bool = False, half: bool = False, n_layer: int = 2,

@@ -8,14 +8,7 @@ import time
 
 from musebridge.bridge.scheduler import Scheduler
 
-
-def wait_until(cond, timeout: float = 3.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.002)
-    return cond()
+from conftest import wait_until
 
 
 def scheduler(spb: float = 0.05, lead_s: float = 0.05, **kw) -> tuple[Scheduler, list[bytes]]:
@@ -32,8 +25,8 @@ def test_a_restruck_key_is_released_first_and_its_old_note_off_sends_nothing():
     try:
         sc.note(0.0, 2.0, 0, 60, 90)
         sc.note(1.0, 3.0, 0, 60, 80)
-        assert wait_until(lambda: sc.pending() == 0)
-        assert wait_until(lambda: len(sent) >= 4)
+        assert wait_until(lambda: sc.pending() == 0, 3.0)
+        assert wait_until(lambda: len(sent) >= 4, 3.0)
         time.sleep(0.05)
     finally:
         sc.stop()
@@ -47,7 +40,7 @@ def test_cancel_releases_the_answers_sounding_notes_and_drops_the_rest():
         sc.note(0.0, 100.0, 1, 64, 90, tag=7)
         sc.note(200.0, 300.0, 1, 67, 90, tag=7)
         sc.note(0.0, 100.0, 2, 40, 90, tag=8)
-        assert wait_until(lambda: len(sc.tracker) == 2)
+        assert wait_until(lambda: len(sc.tracker) == 2, 3.0)
         assert sc.cancel(tag=7) == 1  # the note not started yet
         assert bytes([0x81, 64, 0]) in sent and [(n.channel, n.pitch) for n in sc.tracker.sounding()] == [(2, 40)]
         assert sc.pending() == 1  # the other answer's note-off
@@ -60,7 +53,7 @@ def test_a_note_held_past_the_limit_is_released_by_the_guard_and_said_so():
     sc, sent = scheduler(max_note_s=0.1, on_sent=lambda it, due, at: offs.append(it) if it.kind == "off" else None)
     try:
         sc.note(0.0, 40.0, 3, 50, 90)  # its own note-off comes after 2 s
-        assert wait_until(lambda: bytes([0x83, 50, 0]) in sent)
+        assert wait_until(lambda: bytes([0x83, 50, 0]) in sent, 3.0)
         assert len(sc.tracker) == 0 and [(o.channel, o.pitch) for o in offs] == [(3, 50)]
     finally:
         sc.stop()
@@ -71,7 +64,7 @@ def test_panic_releases_every_note_then_sustain_and_all_notes_off():
     try:
         sc.note(0.0, 100.0, 0, 60, 90)
         sc.note(0.0, 100.0, 5, 70, 90)
-        assert wait_until(lambda: len(sc.tracker) == 2)
+        assert wait_until(lambda: len(sc.tracker) == 2, 3.0)
         sc.panic()
         assert sc.pending() == 0 and len(sc.tracker) == 0
     finally:
@@ -85,7 +78,7 @@ def test_a_late_note_is_dropped_with_its_note_off_never_bunched():
     sc, sent = scheduler(lead_s=-1.0, late_s=0.03)  # beat 0 was a second ago
     try:
         sc.note(0.0, 1.0, 0, 60, 90)
-        assert wait_until(lambda: sc.pending() == 0)
+        assert wait_until(lambda: sc.pending() == 0, 3.0)
     finally:
         sc.stop()
     assert sc.dropped_late == 1 and not [m for m in sent if m[0] & 0xF0 in (0x80, 0x90)]

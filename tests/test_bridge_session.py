@@ -21,6 +21,8 @@ from musebridge.bridge.ports import MidiOutput
 from musebridge.bridge.session import JamSession
 from musebridge.engine.decode.sampling import SamplingControls
 
+from conftest import wait_until
+
 # timing is judged here: these share one xdist worker with the CPU-heavy tests (marked, like the
 # timing tests, see --dist loadgroup in pyproject.toml), so never beside a training job
 pytestmark = [pytest.mark.usefixtures("jack_server"), pytest.mark.xdist_group("exclusive")]
@@ -34,15 +36,6 @@ def runtime_factory():
 
     model, vocab, _ = load_model()
     return lambda: TorchRuntime(model, vocab)
-
-
-def wait_until(cond, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
 
 
 def test_answers_start_on_the_next_bar_under_midi_clock(runtime_factory):
