@@ -24,11 +24,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 
-from musebridge.errors import MuseBridgeError
+from musebridge.engine.training.checkpoint import DEFAULT_MODEL, load_vocab, read_model_config
+from musebridge.engine.training.checkpoint import expected_shapes as shapes_of
+from musebridge.engine.training.checkpoint import read_weights as checked_weights
+from musebridge.errors import GraphFileError, ModelFileError
 from musebridge.files import write_atomic
 
 from .graph import ATTENTIONS, KINDS, GraphConfig, build_graph
@@ -41,43 +46,27 @@ DEFAULT_ATTENTION = {"fp32": "fused", "fp16": "matmul", "int8": "fused"}
 # their range off there (docs/PERFORMANCE.md "int8"; python -m musebridge.onnx_export.int8_bench).
 INT8_OPTIONS = {"weight_type": "QUInt8", "per_channel": False, "reduce_range": False}
 
-
-class GraphFileError(MuseBridgeError):
-    """An ONNX graph that cannot be built, written or loaded."""
-
-
-def _model_error(msg: str) -> MuseBridgeError:
-    from musebridge.engine.training.checkpoint import ModelFileError
-
-    return ModelFileError(msg)
+T = TypeVar("T")
 
 
 def model_folder(folder: str | Path | None) -> Path:
-    from musebridge.engine.training.checkpoint import DEFAULT_MODEL
-
     return Path(folder) if folder else DEFAULT_MODEL
 
 
 def read_config(folder: str | Path | None) -> GraphConfig:
     """The graph sizes of a model folder, checked by the same rules as the PyTorch loader
     (`checkpoint.read_model_config`, `load_vocab`): one-line errors for a bad folder."""
-    from musebridge.engine.training.checkpoint import load_vocab, read_model_config
-
     folder = model_folder(folder)
     section = read_model_config(folder)["model"]
     load_vocab(folder)  # the vocabulary agrees with the sizes
     try:
         return GraphConfig.from_dict(section)
     except (KeyError, TypeError, ValueError) as e:
-        raise _model_error(f"{folder}/config.json cannot run on ONNX Runtime ({e})") from None
+        raise ModelFileError(f"{folder}/config.json cannot run on ONNX Runtime ({e})") from None
 
 
 def expected_shapes(cfg: GraphConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor of a model of these sizes (`checkpoint.expected_shapes`, the one definition)."""
-    from dataclasses import asdict
-
-    from musebridge.engine.training.checkpoint import expected_shapes as shapes_of
-
     return shapes_of(asdict(cfg))
 
 
@@ -85,8 +74,6 @@ def read_weights(folder: str | Path | None) -> tuple[GraphConfig, dict[str, np.n
     """(config, weights as numpy) of a model folder, checked against each other, their
     checksum and for NaN/huge values by `checkpoint.read_weights` (the PyTorch loader's
     checks). No torch."""
-    from musebridge.engine.training.checkpoint import read_weights as checked_weights
-
     folder = model_folder(folder)
     cfg = read_config(folder)
     return cfg, checked_weights(folder)
@@ -109,7 +96,7 @@ def model_hash(folder: str | Path | None) -> str:
     try:
         return files_hash(folder, ("config.json", "model.safetensors"), f"musebridge-onnx {BUILDER_VERSION}\n")
     except OSError as e:
-        raise _model_error(f"{e.filename} is unreadable ({e.strerror or e}); re-copy or retrain the model") from None
+        raise ModelFileError(f"{e.filename} is unreadable ({e.strerror or e}); re-copy or retrain the model") from None
 
 
 def cache_root() -> Path:
@@ -184,6 +171,37 @@ def graph_paths(folder: str | Path | None = None, dtype: str = "fp32", rebuild: 
         info = {"builder_version": BUILDER_VERSION, "model": str(model_folder(folder))}
         (out / "source.json").write_text(json.dumps(info, indent=1) + "\n")
     return paths
+
+
+def rebuilt_on_damage(open_cached: Callable[[bool], T]) -> T:
+    """`open_cached(rebuild=False)`; when a cached graph will not load (GraphFileError), once more
+    with `rebuild=True`: a damaged cache entry is only a cache, so it is built again."""
+    try:
+        return open_cached(False)
+    except GraphFileError:
+        return open_cached(True)
+
+
+def exported_paths(folder: str | Path, dtype: str | None = None) -> dict[str, Path]:
+    """The graphs in a folder written by `musebridge export` (dtype: the one asked, else fp32, fp16, int8)."""
+    folder = Path(folder)
+    for dt in [dtype] if dtype else DTYPES:
+        paths = {k: folder / f"{k}-{dt}.onnx" for k in KINDS}
+        if all(p.is_file() for p in paths.values()):
+            return paths
+    raise GraphFileError(f"{folder} holds no {dtype or ''} graphs (step-*.onnx and chunk-*.onnx); "
+                         "write them with musebridge export")
+
+
+def decoder_graphs(model_dir: str | Path | None, dtype: str, load: Callable[[dict[str, Path]], T],
+                   onnx_dir: str | Path | None = None) -> T:
+    """`load({kind: path})` of a model's decoder graphs: those `musebridge export` wrote to `onnx_dir`,
+    else the cached build (built on first use, and again when the cached files will not load).
+    What every graph runtime opens through (ONNX Runtime, TensorRT)."""
+    if onnx_dir is not None:
+        return load(exported_paths(onnx_dir, dtype))
+    folder = model_folder(model_dir)
+    return rebuilt_on_damage(lambda rebuild: load(graph_paths(folder, dtype, rebuild=rebuild)))
 
 
 def export(folder: str | Path | None, out_dir: str | Path, dtype: str = "fp32",

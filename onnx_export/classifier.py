@@ -26,9 +26,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from musebridge.errors import GraphFileError
 from musebridge.files import write_atomic
 
-from .build import BUILDER_VERSION, GraphFileError, cache_root, files_hash
+from .build import BUILDER_VERSION, cache_root, files_hash
 from .graph import GraphConfig, _Builder, _embed, _layer_norm, _merge_heads, _mlp, _qkv_heads, _rope
 
 CLASSIFIER_VERSION = 1  # bump when this graph changes: cached graphs are rebuilt

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from musebridge.engine.training.checkpoint import (CHECKSUM_KEY, DEFAULT_MODEL, TRANSFORMER_REALS, TRANSFORMER_SIZES,
-                                          ModelFileError, ModelOutputError, weights_checksum)
+                                                   weights_checksum)
+from musebridge.errors import ModelFileError, ModelOutputError
 from musebridge.engine.music.events import Note, Piece, TimeSignature
 from musebridge.engine.decode.runtime import CachedRuntime
 from musebridge.engine.decode.sampling import ControlError, LogitShaper, SamplingControls

@@ -132,7 +132,7 @@ def test_cases_from_a_built_data_split(folder, tmp_path):
 
 
 def test_an_answer_the_output_guard_stops_is_counted_and_the_run_goes_on(folder):
-    from musebridge.engine.training.checkpoint import ModelOutputError
+    from musebridge.errors import ModelOutputError
 
     v = Vocabulary()
     train = np.concatenate([encode_piece(song(t, 16), v) for t in range(12)])

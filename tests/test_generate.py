@@ -9,7 +9,8 @@ torch = pytest.importorskip("torch")
 
 from conftest import note_leaning_model  # noqa: E402
 
-from musebridge.engine.training.checkpoint import ModelFileError, load_model, save_model  # noqa: E402
+from musebridge.engine.training.checkpoint import load_model, save_model  # noqa: E402
+from musebridge.errors import ModelFileError  # noqa: E402
 from musebridge.engine.music.events import Note, Piece, TimeSignature  # noqa: E402
 from musebridge.engine.decode.generate import generate  # noqa: E402
 from musebridge.engine.music.midi_file import read_midi, write_midi  # noqa: E402

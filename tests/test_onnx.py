@@ -12,7 +12,8 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from musebridge.engine.decode.backends import BackendError, available_backends, open_runtime  # noqa: E402
-from musebridge.engine.training.checkpoint import ModelFileError, save_model  # noqa: E402
+from musebridge.engine.training.checkpoint import save_model  # noqa: E402
+from musebridge.errors import ModelFileError  # noqa: E402
 from musebridge.engine.music.events import Note, Piece, TimeSignature  # noqa: E402
 from musebridge.engine.decode.generate import generate  # noqa: E402
 from musebridge.engine.decode.sampling import SamplingControls  # noqa: E402

@@ -1,4 +1,4 @@
-"""Pick a decoder backend by name: every one is a `CachedRuntime` (prefill/append/step/fork).
+"""The backend registry: a decoder backend by name, every one a `CachedRuntime` (prefill/append/step/fork).
 
     auto         the first of AUTO available here: onnxruntime, else torch. Never tensorrt:
                  no run of its engines on a GPU is recorded yet (docs/PERFORMANCE.md "GPU"),
@@ -11,33 +11,54 @@
                  Python API (the first open builds them, a minute or so), cached in the user's
                  cache keyed by graph, GPU and TensorRT
                  version; needs an NVIDIA GPU, tensorrt, and torch (CUDA) or cupy for buffers
+
+One way, as mido's backends: RUNTIMES names each backend's module, imported (importlib) only
+when that backend is opened or, for tensorrt, asked whether it is usable; the runtimes import
+the interface (`runtime.CachedRuntime`), never this registry or each other. This module
+imports no numpy, so the CLI's options list the names without loading the engine.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from musebridge.errors import MuseBridgeError
+from musebridge.errors import BackendError
 
-from .runtime import CachedRuntime
+if TYPE_CHECKING:
+    from .runtime import CachedRuntime
 
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
+# name -> (module, class): each class opens with `open(model_dir, batch, dtype=, threads=, device=, onnx_dir=)`
+RUNTIMES = {
+    "onnxruntime": ("musebridge.engine.decode.ort_runtime", "OrtRuntime"),
+    "torch": ("musebridge.engine.decode.torch_runtime", "TorchRuntime"),
+    "tensorrt": ("musebridge.engine.decode.trt_runtime", "TrtRuntime"),
+}
+BACKENDS = tuple(RUNTIMES)
 AUTO = ("onnxruntime", "torch")  # what `auto` may pick, in order; tensorrt only by name (see the module doc)
+NEEDS = {"onnxruntime": ("onnxruntime", "onnx"), "torch": ("torch",)}  # packages, found without importing them
 INSTALL = {
     "onnxruntime": "pip install onnxruntime onnx",
     "torch": "pip install torch==2.13.0 (the CPU build) and pip install -e '.[train]'",
-    "tensorrt": ("pip install tensorrt on a machine with an NVIDIA GPU, with a CUDA build of torch or cupy for "
-                 "GPU buffers (ONNX Runtime on the GPU instead: pip install onnxruntime-gpu)"),
 }
 
-
-class BackendError(MuseBridgeError):
-    """A backend that is unknown or not installed here."""
+__all__ = ["AUTO", "BACKENDS", "BackendError", "RUNTIMES", "available_backends", "install_hint", "open_runtime",
+           "resolve_backend"]
 
 
 def _importable(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
+
+
+def _module(name: str):
+    return importlib.import_module(RUNTIMES[name][0])
+
+
+def install_hint(name: str) -> str:
+    """What to install for a backend (tensorrt's lives in its module, which names it in its own errors)."""
+    return INSTALL[name] if name in INSTALL else _module(name).INSTALL
 
 
 def available_backends() -> list[str]:
@@ -45,14 +66,8 @@ def available_backends() -> list[str]:
     where it is usable (an NVIDIA GPU with TensorRT), which runs only when asked for by name.
     Cheap, and it never imports torch.
     """
-    from .trt_runtime import tensorrt_available
-
-    out = []
-    if _importable("onnxruntime") and _importable("onnx"):
-        out.append("onnxruntime")
-    if _importable("torch"):
-        out.append("torch")
-    if tensorrt_available():
+    out = [b for b in AUTO if all(_importable(p) for p in NEEDS[b])]
+    if _module("tensorrt").tensorrt_available():
         out.append("tensorrt")
     return out
 
@@ -65,10 +80,10 @@ def resolve_backend(backend: str = "auto") -> str:
     if backend == "auto":
         picks = [b for b in AUTO if b in have]
         if not picks:
-            raise BackendError(f"no decoder backend is installed: {INSTALL['onnxruntime']}")
+            raise BackendError(f"no decoder backend is installed: {install_hint('onnxruntime')}")
         return picks[0]
     if backend not in have:
-        raise BackendError(f"the {backend} backend is not available here: {INSTALL[backend]}")
+        raise BackendError(f"the {backend} backend is not available here: {install_hint(backend)}")
     return backend
 
 
@@ -84,35 +99,12 @@ def open_runtime(model_dir: str | Path | None = None, backend: str = "auto", bat
         "tensorrt" (ORT's own TensorRT provider).
     onnx_dir: graphs written by `musebridge export` instead of the cached build.
     """
-    runtime = _open(model_dir, resolve_backend(backend), batch, dtype, threads, device, onnx_dir)
+    name = resolve_backend(backend)
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    runtime_class = getattr(_module(name), RUNTIMES[name][1])
+    runtime = runtime_class.open(model_dir, batch, dtype=dtype, threads=threads, device=device, onnx_dir=onnx_dir)
     from ..training.checkpoint import DEFAULT_MODEL
 
     runtime.source = str(model_dir or DEFAULT_MODEL)  # named in ModelOutputError
     return runtime
-
-
-def _open(model_dir, name: str, batch: int, dtype, threads, device, onnx_dir) -> CachedRuntime:
-    if batch < 1:
-        raise ValueError(f"batch must be at least 1, got {batch}")
-    if name == "tensorrt":
-        from .trt_runtime import TrtRuntime
-
-        if device not in (None, "cuda"):
-            raise BackendError(f"the tensorrt backend runs on the GPU (device cuda), not {device}")
-        return TrtRuntime.open(model_dir, batch, dtype=dtype or "fp16", onnx_dir=onnx_dir)
-    if name == "onnxruntime":
-        from .ort_runtime import OrtRuntime
-
-        return OrtRuntime.open(model_dir, batch, dtype=dtype, threads=threads, device=device, onnx_dir=onnx_dir)
-    import torch
-
-    from ..training.checkpoint import load_model
-    from .torch_runtime import TorchRuntime
-
-    if threads:
-        torch.set_num_threads(threads)
-    dev = device or "cpu"
-    model, vocab, _ = load_model(model_dir, device=dev)
-    if not hasattr(model, "forward_cached"):
-        raise BackendError(f"{model_dir} is not a transformer model; it cannot decode with a KV cache")
-    return TorchRuntime(model, vocab, batch, device=dev)

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from musebridge.errors import ModelOutputError, MuseBridgeError
+
 from ..music.events import Note, Piece
 from .generate import beats_per_bar, generate
 from ..music.music_metrics import Grid, Key, describe, estimate_grid, estimate_key
-from ..training.checkpoint import ModelOutputError
 from .sampling import SamplingControls
 
 MEASURES = ("key_agreement", "in_scale", "on_grid", "length_ratio", "drones", "polyphony", "density",
@@ -88,8 +89,6 @@ def make_case(piece: Piece, name: str, style: str, prompt_bars: int, answer_bars
 
 def cases_from_folder(folder: str | Path, prompt_bars: int = 4, answer_bars: int = 4, limit: int | None = None) -> list[Case]:
     """Cases from every readable .mid/.midi file under `folder` (style: its parent folder's name)."""
-    from musebridge.errors import MuseBridgeError
-
     from ..music.midi_file import read_midi
 
     out = []
@@ -228,8 +227,6 @@ def require_matplotlib() -> None:
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None:
-        from musebridge.errors import MuseBridgeError
-
         raise MuseBridgeError("the piano-roll sheet needs matplotlib: pip install matplotlib (or leave out --png)")
 
 

@@ -20,10 +20,16 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from musebridge.errors import MuseBridgeError
+from musebridge.errors import ModelFileError, MuseBridgeError
+from musebridge.onnx_export.build import rebuilt_on_damage
+from musebridge.onnx_export.classifier import classifier_graph_path
+from musebridge.onnx_export.graph import GraphConfig
 
 from ..music.features import UNKNOWN, features
 from ..music.vocab import STYLE, Vocabulary
+from ..training.checkpoint import check_model_section, damaged_tensor, expected_shapes
+from .generate import prompt_tokens
+from .ort_runtime import ort_session
 
 CLASSIFIER_FORMAT = "musebridge-classifier"
 TRUNK = "trunk."  # the trunk's tensors in classifier.safetensors (`SequenceClassifier.trunk`); `out.*` is the Linear
@@ -92,8 +98,6 @@ def _first_line(e: Exception) -> str:
 def classifier_shapes(section: dict, n_classes: int) -> dict[str, tuple[int, ...]]:
     """Every tensor a classifier of these trunk sizes stores (`checkpoint.expected_shapes` under
     `trunk.`, then the Linear)."""
-    from ..training.checkpoint import expected_shapes
-
     shapes = {TRUNK + k: s for k, s in expected_shapes(section).items()}
     return {**shapes, "out.weight": (n_classes, section["d_model"]), "out.bias": (n_classes,)}
 
@@ -113,8 +117,6 @@ def read_classifier(folder: str | Path) -> ClassifierFolder:
 
 def _read(folder: Path) -> ClassifierFolder:
     from safetensors.numpy import load
-
-    from ..training.checkpoint import ModelFileError, check_model_section, damaged_tensor
 
     try:
         cfg = json.loads((folder / "classifier.json").read_text())
@@ -174,32 +176,20 @@ _SESSIONS: dict[tuple[str, int | None], object] = {}  # graph path (keyed by the
 
 def _graph_inputs(spec: ClassifierFolder) -> tuple:
     """(GraphConfig, weights under the decoder's names + out.*, pad) of a checked folder."""
-    from musebridge.onnx_export.graph import GraphConfig
-
     weights = {k.removeprefix(TRUNK): v for k, v in spec.weights.items()}
     return GraphConfig.from_dict(spec.section), weights, spec.vocab.pad
 
 
 def _session(spec: ClassifierFolder, threads: int | None):
     """The ORT session of a folder's cached graph; a cached file that will not load is rebuilt once."""
-    import onnxruntime as ort
-
-    from musebridge.onnx_export.build import GraphFileError
-    from musebridge.onnx_export.classifier import classifier_graph_path
-
-    from .ort_runtime import session_options
-
-    for rebuild in (False, True):
+    def open_cached(rebuild: bool):
         path = classifier_graph_path(spec.folder, *_graph_inputs(spec), rebuild=rebuild)
         key = (str(path), threads)
-        if key in _SESSIONS and not rebuild:
-            return _SESSIONS[key]
-        try:
-            _SESSIONS[key] = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
-            return _SESSIONS[key]
-        except Exception as e:  # ORT's own classes (InvalidProtobuf, Fail, ...) for a damaged file
-            msg = str(e).replace("\n", " ").split("] ", 1)[-1][:160]
-    raise GraphFileError(f"{path} is not a usable ONNX graph ({msg}); delete it and try again")
+        if key not in _SESSIONS or rebuild:
+            _SESSIONS[key] = ort_session(path, threads, ["CPUExecutionProvider"])
+        return _SESSIONS[key]
+
+    return rebuilt_on_damage(open_cached)
 
 
 class OrtClassifier:
@@ -242,8 +232,6 @@ def rank_continuations(critic_dir: str | Path, prompt, continuations: list[list[
                        style: str | None = None, threads: int | None = None) -> list[float]:
     """The critic's P(real) for each continuation (its tokens) of `prompt`: higher is better.
     What `generate --variations` and the app's variations rank by; ONNX Runtime, no torch."""
-    from .generate import prompt_tokens
-
     critic = open_critic(critic_dir, threads)
     if critic.vocab != vocab:
         raise ClassifierFileError(f"critic {critic_dir} uses another vocabulary than the model; pass the critic trained for it")

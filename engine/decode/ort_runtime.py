@@ -19,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from musebridge.onnx_export.build import GraphFileError
+from musebridge.errors import BackendError, GraphFileError
+from musebridge.onnx_export.build import decoder_graphs, model_folder
 
-from .runtime import CachedRuntime
 from ..music.vocab import Vocabulary
+from ..training.checkpoint import load_vocab
+from .runtime import CachedRuntime
 
 
 def physical_cores() -> int:
@@ -69,8 +71,6 @@ def resolve_providers(device: str | None = None, cache_dir: Path | None = None) 
             opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir), trt_timing_cache_enable=True,
                         trt_timing_cache_path=str(cache_dir))
         return [("TensorrtExecutionProvider", opts), "CUDAExecutionProvider", "CPUExecutionProvider"]
-    from .backends import BackendError
-
     raise BackendError(f"ONNX Runtime has no {device} provider here (it has {', '.join(have)}); "
                        "pip install onnxruntime-gpu on a machine with an NVIDIA GPU")
 
@@ -94,16 +94,22 @@ class OrtGraphs:
         return (self.n_layer, 2, batch, self.n_head, self.context, self.head_dim)
 
 
-def _session(path: Path, threads: int | None, providers: list):
+def ort_session(path: Path, threads: int | None, providers: list):
+    """An ONNX Runtime session of a graph file with tuned options; a missing or damaged file
+    is a one-line GraphFileError (the decoder's graphs and the critic's open through here)."""
     import onnxruntime as ort
 
     if not path.is_file():
         raise GraphFileError(f"{path} not found; write it with musebridge export")
     try:
-        sess = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+        return ort.InferenceSession(str(path), session_options(threads), providers=providers)
     except Exception as e:  # ORT raises its own classes (InvalidProtobuf, Fail, ...) for damaged files
         msg = str(e).replace("\n", " ").split("] ", 1)[-1][:160]
         raise GraphFileError(f"{path} is not a usable ONNX graph ({msg}); delete it and export or open it again") from None
+
+
+def _session(path: Path, threads: int | None, providers: list):
+    sess = ort_session(path, threads, providers)
     names = ({i.name for i in sess.get_inputs()}, {o.name for o in sess.get_outputs()})
     if names != ({"tokens", "feats", "start", "cache"}, {"logits", "cache_out"}):
         raise GraphFileError(f"{path} is not a MuseBridge decoder graph (inputs {sorted(names[0])})")
@@ -126,19 +132,6 @@ def load_graphs(paths: dict[str, Path], threads: int | None = None, device: str 
                      vocab_size, dtype, "cuda" if on_gpu else "cpu")
 
 
-def exported_paths(folder: str | Path, dtype: str | None = None) -> dict[str, Path]:
-    """The graphs in a folder written by `musebridge export` (dtype: the one asked, else fp32, fp16, int8)."""
-    from musebridge.onnx_export.build import DTYPES
-
-    folder = Path(folder)
-    for dt in [dtype] if dtype else DTYPES:
-        paths = {k: folder / f"{k}-{dt}.onnx" for k in ("step", "chunk")}
-        if all(p.is_file() for p in paths.values()):
-            return paths
-    raise GraphFileError(f"{folder} holds no {dtype or ''} graphs (step-*.onnx and chunk-*.onnx); "
-                         "write them with musebridge export")
-
-
 class OrtRuntime(CachedRuntime):
     """CachedRuntime on ONNX Runtime sessions with an in-place KV cache."""
 
@@ -155,23 +148,14 @@ class OrtRuntime(CachedRuntime):
     def open(cls, model_dir=None, batch: int = 1, dtype: str | None = None, threads: int | None = None,
              device: str | None = None, onnx_dir: str | Path | None = None) -> "OrtRuntime":
         """A runtime for a model folder: its cached graphs (built on first use), or those in `onnx_dir`."""
-        from musebridge.onnx_export.build import graph_paths, model_folder
-
-        from ..training.checkpoint import load_vocab
-
         folder = model_folder(model_dir)
         vocab = load_vocab(folder)
-        if onnx_dir is not None:
-            return cls(load_graphs(exported_paths(onnx_dir, dtype), threads, device), vocab, batch)
-        import onnxruntime as ort
+        if onnx_dir is None and dtype is None:
+            import onnxruntime as ort
 
-        gpu = device in ("cuda", "tensorrt") or (device is None and "CUDAExecutionProvider" in ort.get_available_providers())
-        dtype = dtype or ("fp16" if gpu else "fp32")
-        try:
-            graphs = load_graphs(graph_paths(folder, dtype), threads, device)
-        except GraphFileError:  # a damaged cache entry: it is only a cache, build it again
-            graphs = load_graphs(graph_paths(folder, dtype, rebuild=True), threads, device)
-        return cls(graphs, vocab, batch)
+            gpu = device in ("cuda", "tensorrt") or (device is None and "CUDAExecutionProvider" in ort.get_available_providers())
+            dtype = "fp16" if gpu else "fp32"
+        return cls(decoder_graphs(folder, dtype, lambda paths: load_graphs(paths, threads, device), onnx_dir), vocab, batch)
 
     # --- buffers ------------------------------------------------------------------------------
     def _alloc(self, cache_host: np.ndarray) -> None:

@@ -14,7 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..training.checkpoint import ModelOutputError
+from musebridge.errors import ModelOutputError
+
 from ..music.features import FeatureTracker
 from ..music.vocab import Vocabulary
 

@@ -17,9 +17,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
-from musebridge.errors import MuseBridgeError
+from musebridge.errors import ModelOutputError, MuseBridgeError
 
-from ..training.checkpoint import ModelOutputError
 from .decoding_defaults import DECODING_DEFAULTS
 
 from ..music.vocab import INSTRUMENT, NOTE, PEDAL, SPECIAL, STYLE, TEMPO, TIMESIG, WAIT, Vocabulary, is_real, is_whole

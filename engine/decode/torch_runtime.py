@@ -9,14 +9,18 @@ never move, so the captured writes land in the live cache.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from musebridge.errors import BackendError
+
+from ..music.vocab import Vocabulary
+from ..training.checkpoint import load_model
 from ..training.model import KVCache, MuseModel
 from .runtime import CachedRuntime
-from ..music.vocab import Vocabulary
 
 
 class StepGraph:
@@ -75,6 +79,19 @@ class TorchRuntime(CachedRuntime):
         self.cache = KVCache(model.cfg, batch, device=self.device)
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         self._step: StepGraph | None = None
+
+    @classmethod
+    def open(cls, model_dir: str | Path | None = None, batch: int = 1, dtype: str | None = None,
+             threads: int | None = None, device: str | None = None, onnx_dir: str | Path | None = None) -> "TorchRuntime":
+        """A runtime for a model folder (default: the shipped model) on `device` (default: the CPU);
+        `threads`: torch's CPU threads. The weights' own dtype; `onnx_dir` is not used."""
+        if threads:
+            torch.set_num_threads(threads)
+        dev = device or "cpu"
+        model, vocab, _ = load_model(model_dir, device=dev)
+        if not hasattr(model, "forward_cached"):
+            raise BackendError(f"{model_dir} is not a transformer model; it cannot decode with a KV cache")
+        return cls(model, vocab, batch, device=dev)
 
     @torch.inference_mode()
     def _run(self, tokens: np.ndarray, feats: np.ndarray, start: int) -> np.ndarray:

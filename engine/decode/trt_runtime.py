@@ -48,12 +48,16 @@ from pathlib import Path
 
 import numpy as np
 
-from musebridge.onnx_export.build import GraphFileError, cache_root, write_atomic
+from musebridge.errors import BackendError, GraphFileError
+from musebridge.files import write_atomic
+from musebridge.onnx_export.build import cache_root, decoder_graphs, model_folder
 
-from .backends import INSTALL, BackendError
-from .runtime import CachedRuntime
 from ..music.vocab import Vocabulary
+from ..training.checkpoint import load_vocab
+from .runtime import CachedRuntime
 
+INSTALL = ("pip install tensorrt on a machine with an NVIDIA GPU, with a CUDA build of torch or cupy for "
+           "GPU buffers (ONNX Runtime on the GPU instead: pip install onnxruntime-gpu)")
 ENGINE_BUILDER_VERSION = 1  # bump when the build below changes: old engines then miss the cache
 MAX_BATCH = 16  # rows per runtime (fork variations included)
 MAX_TOKENS = 512  # tokens per chunk run: CachedRuntime never passes more
@@ -367,7 +371,7 @@ def _trt():
     try:
         import tensorrt as trt
     except (ImportError, OSError):  # OSError: the wheel is there but libnvinfer cannot load
-        raise BackendError(f"the tensorrt backend is not available here: {INSTALL['tensorrt']}") from None
+        raise BackendError(f"the tensorrt backend is not available here: {INSTALL}") from None
     return trt
 
 
@@ -570,29 +574,21 @@ class TrtRuntime(CachedRuntime):
         self._alloc(engines.mem.zeros(engines.io.cache_shape(batch), engines.io.cache_dtype))
 
     @classmethod
-    def open(cls, model_dir=None, batch: int = 1, dtype: str = "fp16",
-             onnx_dir: str | Path | None = None) -> "TrtRuntime":
+    def open(cls, model_dir=None, batch: int = 1, dtype: str | None = None, threads: int | None = None,
+             device: str | None = None, onnx_dir: str | Path | None = None) -> "TrtRuntime":
         """A runtime for a model folder: engines from its cached graphs (built on first use), or from
-        the graphs in `onnx_dir`. dtype "fp16" (the GPU's) or "fp32" (strict fp32, for checking)."""
-        from musebridge.onnx_export.build import graph_paths, model_folder
-
-        from ..training.checkpoint import load_vocab
-
+        the graphs in `onnx_dir`. dtype "fp16" (the GPU's, the default) or "fp32" (strict fp32, for
+        checking). The GPU only: `device` None or "cuda"; `threads` is not used."""
+        dtype = dtype or "fp16"
+        if device not in (None, "cuda"):
+            raise BackendError(f"the tensorrt backend runs on the GPU (device cuda), not {device}")
         if dtype not in ("fp16", "fp32"):
             raise BackendError(f"the tensorrt backend builds from fp16 or fp32 graphs, not {dtype}")
         _check_batch(batch)
         folder = model_folder(model_dir)
         vocab = load_vocab(folder)
         fp16 = dtype == "fp16"
-        if onnx_dir is not None:
-            from .ort_runtime import exported_paths
-
-            return cls(load_engines(exported_paths(onnx_dir, dtype), fp16), vocab, batch)
-        try:
-            engines = load_engines(graph_paths(folder, dtype), fp16)
-        except GraphFileError:  # a damaged cached graph: it is only a cache, build it again
-            engines = load_engines(graph_paths(folder, dtype, rebuild=True), fp16)
-        return cls(engines, vocab, batch)
+        return cls(decoder_graphs(folder, dtype, lambda paths: load_engines(paths, fp16), onnx_dir), vocab, batch)
 
     # --- buffers ------------------------------------------------------------------------------
     def _alloc(self, cache) -> None:

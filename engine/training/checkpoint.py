@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from musebridge.errors import MuseBridgeError, VocabError
+from musebridge.errors import ModelFileError, VocabError
 
+from ..music.features import BEAT_CYCLE, MAX_CHORD, N_PARTS, ticks_per_beat
 from ..music.vocab import Vocabulary, is_real, is_whole
 
 MODEL_FORMAT = "musebridge-model"
@@ -54,14 +55,6 @@ TRANSFORMER_REALS: dict[str, tuple[float, float, float]] = {  # name -> (default
 LSTM_SIZES: dict[str, tuple[int | None, int, int]] = {
     "vocab_size": (None, 1, 1 << 20), "d_embed": (None, 1, 8192), "hidden": (None, 1, 16384), "layers": (None, 1, 16),
 }
-
-
-class ModelFileError(MuseBridgeError):
-    """A model folder that cannot be loaded."""
-
-
-class ModelOutputError(ModelFileError):
-    """A model whose output is not music (non-finite logits, degenerate tokens): its weights are damaged."""
 
 
 def check_model_section(section, where: str) -> dict:
@@ -111,8 +104,6 @@ def check_model_section(section, where: str) -> dict:
 
 def expected_shapes(section: dict) -> dict[str, tuple[int, ...]]:
     """Every tensor a transformer of these sizes has (head.weight is tied to tok.weight, not stored)."""
-    from ..music.features import BEAT_CYCLE, MAX_CHORD, N_PARTS
-
     d, f = section["d_model"], section["mlp_ratio"] * section["d_model"]
     shapes = {"tok.weight": (section["vocab_size"], d), "phase.weight": (section["ticks_per_beat"], d),
               "beat.weight": (BEAT_CYCLE, d), "chord.weight": (MAX_CHORD, d), "part.weight": (N_PARTS + 1, d),
@@ -181,8 +172,6 @@ def read_model_config(folder: str | Path) -> dict:
 def load_vocab(folder: str | Path) -> Vocabulary:
     """The vocabulary of a model folder, checked against the folder's config (sizes that
     disagree are two files that do not belong together)."""
-    from ..music.features import ticks_per_beat
-
     section = read_model_config(folder)["model"]
     try:
         vocab = Vocabulary.load(Path(folder) / "vocab.json")
