@@ -9,9 +9,10 @@ import mido
 import numpy as np
 import pytest
 
-from musebridge.engine.data.band_source import (ACCOMPANIMENT_FAMILIES, BASS_HIGH, BASS_LOW, BRIDGE_FAMILIES,
-                                           LEAD_FAMILIES, band_families, parse_chord, read_band_song,
-                                           song_rng)
+from musebridge.engine.data.band_parts import (ACCOMPANIMENT_FAMILIES, BASS_HIGH, BASS_LOW, BRIDGE_FAMILIES,
+                                              LEAD_FAMILIES, band_families)
+from musebridge.engine.data.band_source import read_band_song, song_rng
+from musebridge.engine.data.pop909 import parse_chord
 from musebridge.engine.data.data_build import build
 from musebridge.engine.music.families import FAMILY_BY_NAME
 from musebridge.engine.data.sources import load_piece, midi_folder_tasks, split_of, tasks_for_source

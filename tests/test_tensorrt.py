@@ -1,4 +1,4 @@
-"""The TensorRT backend (engine/decode/trt_runtime.py).
+"""The TensorRT backend (engine/decode/trt_runtime.py, trt_engines.py, trt_memory.py).
 
 Three layers:
 - pure parts, everywhere: the engine cache key and folder, what a graph declares and the
@@ -26,12 +26,12 @@ import pytest
 
 pytest.importorskip("onnx")
 
-from musebridge.engine.decode import trt_runtime  # noqa: E402
-from musebridge.engine.decode import backends  # noqa: E402
+from musebridge.engine.decode import backends, trt_engines, trt_memory, trt_runtime  # noqa: E402
 from musebridge.engine.decode.backends import BackendError, available_backends, open_runtime, resolve_backend  # noqa: E402
-from musebridge.engine.decode.trt_runtime import (  # noqa: E402
-    MAX_BATCH, GraphIO, engine_cache_key, engine_path, engine_root, io_layout, profile_shapes, read_graph_io,
-    tensorrt_available)
+from musebridge.engine.decode.trt_engines import (  # noqa: E402
+    MAX_BATCH, GraphIO, engine_cache_key, engine_path, engine_root, profile_shapes, read_graph_io)
+from musebridge.engine.decode.trt_memory import tensorrt_available  # noqa: E402
+from musebridge.engine.decode.trt_runtime import io_layout  # noqa: E402
 from musebridge.onnx_export import GraphConfig, GraphFileError, build_graph, cache_root, graph_paths  # noqa: E402
 from musebridge.onnx_export.build import expected_shapes  # noqa: E402
 
@@ -181,33 +181,33 @@ def test_tensorrt_is_not_listed_here_and_asking_for_it_says_what_to_install():
     assert "pip install tensorrt" in msg and "NVIDIA GPU" in msg
 
 
-@pytest.mark.skipif(ON_GPU or trt_runtime._importable("tensorrt"), reason="tensorrt is installed here")
+@pytest.mark.skipif(ON_GPU or trt_memory._importable("tensorrt"), reason="tensorrt is installed here")
 def test_building_without_tensorrt_is_a_one_line_error(graphs, tmp_path):
     with pytest.raises(BackendError) as e:
-        trt_runtime.build_engine(graphs["step", "fp16"], tmp_path / "x.engine")
+        trt_engines.build_engine(graphs["step", "fp16"], tmp_path / "x.engine")
     assert "pip install tensorrt" in _one_line(e)
 
 
 @pytest.mark.skipif(ON_GPU, reason="a GPU is usable here")
 def test_no_gpu_buffers_is_a_one_line_error():
     with pytest.raises(BackendError) as e:
-        trt_runtime.device_memory()
+        trt_memory.device_memory()
     assert "cupy" in _one_line(e) and "torch" in _one_line(e)
 
 
 def test_availability_needs_tensorrt_onnx_gpu_buffers_and_a_gpu(monkeypatch):
     have = {"tensorrt", "onnx", "onnxruntime", "cupy"}
-    monkeypatch.setattr(trt_runtime, "_importable", lambda name: name in have)
-    monkeypatch.setattr(trt_runtime, "_torch_has_cuda", lambda: False)
-    monkeypatch.setattr(trt_runtime, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(trt_memory, "_importable", lambda name: name in have)
+    monkeypatch.setattr(trt_memory, "_torch_has_cuda", lambda: False)
+    monkeypatch.setattr(trt_memory, "cuda_device_count", lambda: 1)
     assert tensorrt_available()
     assert available_backends()[-1] == "tensorrt"  # listed where usable, after what auto may pick
-    monkeypatch.setattr(trt_runtime, "cuda_device_count", lambda: 0)
+    monkeypatch.setattr(trt_memory, "cuda_device_count", lambda: 0)
     assert not tensorrt_available() and "tensorrt" not in available_backends()
-    monkeypatch.setattr(trt_runtime, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(trt_memory, "cuda_device_count", lambda: 1)
     have.discard("cupy")  # no way to hold device buffers
     assert not tensorrt_available()
-    monkeypatch.setattr(trt_runtime, "_torch_has_cuda", lambda: True)
+    monkeypatch.setattr(trt_memory, "_torch_has_cuda", lambda: True)
     assert tensorrt_available()
     have.discard("tensorrt")
     assert not tensorrt_available()
@@ -215,7 +215,7 @@ def test_availability_needs_tensorrt_onnx_gpu_buffers_and_a_gpu(monkeypatch):
 
 @pytest.mark.skipif(ON_GPU, reason="a GPU is usable here")
 def test_auto_still_prefers_onnxruntime_without_a_gpu():
-    if trt_runtime._importable("onnxruntime"):
+    if trt_memory._importable("onnxruntime"):
         assert available_backends()[0] == "onnxruntime"
 
 
@@ -248,7 +248,7 @@ class _Engine:
 
         self.fake, self.header = fake, header
         graph = onnx.load_from_string(model).graph
-        self.dims = {v.name: trt_runtime._dims(v) for v in list(graph.input) + list(graph.output)}
+        self.dims = {v.name: trt_engines._dims(v) for v in list(graph.input) + list(graph.output)}
         self.names = [v.name for v in graph.input] + [v.name for v in graph.output]
         self.inputs = {v.name for v in graph.input}
         so = ort.SessionOptions()
@@ -401,9 +401,9 @@ def fake_trt(monkeypatch, tmp_path):
     fake.cache_dir = tmp_path / "cache"
     monkeypatch.setenv("MUSEBRIDGE_CACHE_DIR", str(fake.cache_dir))
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    monkeypatch.setattr(trt_runtime, "tensorrt_available", lambda: True)
-    monkeypatch.setattr(trt_runtime, "device_memory", lambda: trt_runtime.TorchMemory("cpu"))
-    monkeypatch.setattr(trt_runtime, "_STATE", {})
+    monkeypatch.setattr(trt_runtime, "tensorrt_available", lambda: True)  # what the registry asks
+    monkeypatch.setattr(trt_engines, "device_memory", lambda: trt_memory.TorchMemory("cpu"))
+    monkeypatch.setattr(trt_engines, "_STATE", {})
     return fake
 
 
@@ -519,7 +519,7 @@ def test_batches_past_the_profile_and_parser_errors_are_one_line(fake_trt, tiny)
     assert "GPU" in _one_line(e)
     fake_trt.parse_errors[:] = ["Unsupported\nop", "and more"]
     with pytest.raises(BackendError) as e:
-        trt_runtime.build_engine(graph_paths(tiny, "fp16")["step"], trt_runtime.engine_root() / "x.engine")
+        trt_engines.build_engine(graph_paths(tiny, "fp16")["step"], trt_engines.engine_root() / "x.engine")
     assert "ScatterND: Unsupported op" in _one_line(e)
 
 
@@ -580,7 +580,7 @@ def test_gpu_engines_are_cached_reused_and_rebuilt_when_corrupt(tiny, monkeypatc
         raise AssertionError("rebuilt an engine that was cached")
 
     with monkeypatch.context() as mp:
-        mp.setattr(trt_runtime, "build_engine", no_build)
+        mp.setattr(trt_engines, "build_engine", no_build)
         again = open_runtime(tiny, "tensorrt")
     assert again.engines.built == [] and {k: p.stat().st_mtime_ns for k, p in paths.items()} == stamps
     paths["step"].write_bytes(b"\x00corrupt engine" * 64)

@@ -18,6 +18,10 @@ from musebridge.errors import DataError
 
 from ..music.events import Piece
 from ..music.midi_file import read_midi
+from .band_parts import groove_index
+from .band_source import DEFAULT_LABEL, SOURCE, SPEC_PREFIX, find_groove, read_band_song
+from .music21_source import CorpusWork, read_corpus_work
+from .pop909 import song_files
 
 MIDI_SUFFIXES = {".mid", ".midi", ".smf", ".kar"}
 SPLITS = ("train", "val", "test")
@@ -130,8 +134,6 @@ def pop909_band_tasks(spec: str) -> list[PieceTask]:
     split. The label defaults to POP909's own, "pop": a new label would be a style token
     the shipped vocabulary lacks, and fine-tuning (`train --init`) needs the same vocabulary.
     """
-    from .band_source import DEFAULT_LABEL, SOURCE, SPEC_PREFIX, find_groove, groove_index, song_files
-
     body, _, label = spec[len(SPEC_PREFIX):].partition("=")
     folder, _, groove = body.partition(",")
     root = Path(folder).expanduser()
@@ -160,7 +162,7 @@ def tasks_for_source(source: str) -> list[PieceTask]:
     `pop909-band:POP909_DIR[,GROOVE_DIR][=LABEL]` (POP909 arranged for a band)."""
     if source == "music21":
         return music21_tasks()
-    if source.startswith("pop909-band:"):
+    if source.startswith(SPEC_PREFIX):
         return pop909_band_tasks(source)
     folder, _, label = source.partition("=")
     return midi_folder_tasks(folder, label or None)
@@ -169,12 +171,8 @@ def tasks_for_source(source: str) -> list[PieceTask]:
 def load_piece(task: PieceTask) -> Piece:
     """Parse one task into a Piece (runs in a worker process)."""
     if task.kind == "music21":
-        from .music21_source import CorpusWork, read_corpus_work
-
         piece = read_corpus_work(CorpusWork(task.key, task.path, task.number, task.style, task.group))
     elif task.kind == "pop909_band":
-        from .band_source import read_band_song
-
         path = Path(task.path)
         song_id = f"{path.parent.name}/{path.stem}"
         piece = read_band_song(path, song_id, task.drums, task.split or split_of(task.group), task.style)
