@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from musebridge.engine.decode.backends import AUTO
 from musebridge.errors import MuseBridgeError
 from musebridge.files import write_atomic
 from .options import Checked, decoding_options
@@ -22,6 +23,8 @@ from .options import Checked, decoding_options
 @click.option("--data", type=click.Path(), default=None, help="A built data folder: prompts from its --split.")
 @click.option("--midi", "midi_dirs", multiple=True, type=click.Path(), help="A folder of MIDI files (repeatable).")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--source", "sources", multiple=True,
+              help="Prompts from this collection of --data only (repeatable), e.g. pop909_band for band-context prompts.")
 @click.option("--prompt-bars", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option("--bars", type=click.IntRange(1, 64), default=4, show_default=True, help="Bars each system continues.")
 @click.option("--limit", type=click.IntRange(1, 100000), default=200, show_default=True, help="At most this many prompts.")
@@ -29,14 +32,14 @@ from .options import Checked, decoding_options
 @click.option("--model", "model_dir", type=click.Path(), default=None, help="Model folder (default: the shipped model).")
 @click.option("--ngram", type=click.Path(), default=None,
               help="An n-gram .npz to sample beside the model (default: DATA/baselines/ngram.npz, if there).")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", *AUTO]), default="auto", show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write every row and median.")
 @click.option("--png", type=click.Path(dir_okay=False), default=None, help="A sheet of piano rolls: prompt | answers | real.")
 @click.option("--markdown", type=click.Path(dir_okay=False), default=None,
               help="Write the medians per style group as a Markdown table (the model card's).")
 @click.option("--rolls", type=click.IntRange(1, 40), default=6, show_default=True, help="Prompts on the PNG sheet.")
 @decoding_options
-def continuations(data, midi_dirs, split, prompt_bars, bars, limit, seeds, model_dir, ngram, decoding,
+def continuations(data, midi_dirs, split, sources, prompt_bars, bars, limit, seeds, model_dir, ngram, decoding,
                   backend, json_out, png, markdown, rolls) -> None:
     """Continue real prompts and measure the answers beside the real next bars."""
     from musebridge.engine.decode.backends import open_runtime
@@ -55,7 +58,7 @@ def continuations(data, midi_dirs, split, prompt_bars, bars, limit, seeds, model
         raise MuseBridgeError(f"--seeds {seeds!r} is invalid: use whole numbers separated by commas, e.g. 0,1,2") from None
     cases = []
     if data:
-        cases += cases_from_split(data, split, prompt_bars, bars, limit)
+        cases += cases_from_split(data, split, prompt_bars, bars, limit, sources=tuple(sources))
     for folder in midi_dirs:
         if not Path(folder).is_dir():
             raise MuseBridgeError(f"MIDI folder {folder} not found; pass a folder of .mid files")

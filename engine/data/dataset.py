@@ -59,8 +59,21 @@ class TokenShards:
             self._tokens[split] = np.memmap(path, dtype=np.uint16, mode="r", shape=(n,))[: info["tokens"]]
         return self._tokens[split]
 
-    def split_pieces(self, split: str) -> list[dict]:
-        return [p for p in self.pieces if p["split"] == split]
+    def split_pieces(self, split: str, sources: tuple[str, ...] = ()) -> list[dict]:
+        """The split's pieces, or only those of the named collections (`source` in the
+        manifest, e.g. `pop909_band`: the band-context test set); a source the folder
+        lacks is one line."""
+        pieces = [p for p in self.pieces if p["split"] == split]
+        if not sources:
+            return pieces
+        known = sorted({p["source"] for p in self.pieces})
+        unknown = [s for s in sources if s not in known]
+        if unknown:
+            raise DataError(f"{self.folder} has no source {', '.join(map(repr, unknown))}; it holds {', '.join(known)}")
+        picked = [p for p in pieces if p["source"] in sources]
+        if not picked:
+            raise DataError(f"the {split} split of {self.folder} holds no piece of {', '.join(sources)}")
+        return picked
 
     def piece_tokens(self, piece: dict) -> np.ndarray:
         return self.tokens(piece["split"])[piece["offset"] : piece["offset"] + piece["tokens"]]

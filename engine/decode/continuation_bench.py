@@ -108,14 +108,15 @@ def cases_from_folder(folder: str | Path, prompt_bars: int = 4, answer_bars: int
 
 
 def cases_from_split(data: str | Path, split: str = "test", prompt_bars: int = 4, answer_bars: int = 4,
-                     limit: int | None = None, seed: int = 0) -> list[Case]:
+                     limit: int | None = None, seed: int = 0, sources: tuple[str, ...] = ()) -> list[Case]:
     """Cases from a built data folder's split (pieces decoded from their tokens), drawn
-    evenly across styles so one large collection does not decide the medians."""
+    evenly across styles so one large collection does not decide the medians; `sources`
+    keeps the pieces of some collections only (e.g. the band-context prompts)."""
     from ..data.dataset import TokenShards
     from ..music.tokenizer import decode_tokens
 
     shards = TokenShards(data)
-    pieces = shards.split_pieces(split)
+    pieces = shards.split_pieces(split, sources)
     by_style: dict[str, list[dict]] = {}
     for p in pieces:
         by_style.setdefault(str(p.get("style")), []).append(p)

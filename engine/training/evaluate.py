@@ -17,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from musebridge.errors import DataError
-
 from ..data.dataset import TokenShards
 from ..music.features import features
 
@@ -41,27 +39,12 @@ def scored_positions(n: int, seq_len: int) -> np.ndarray:
     return np.concatenate([np.arange(s + 1, e) for s, e in _windows(n, seq_len)])
 
 
-def scored_pieces(shards: TokenShards, split: str, sources: tuple[str, ...] = ()) -> list[dict]:
-    """The split's pieces, or those of the named sources; an unknown source is one line."""
-    pieces = shards.split_pieces(split)
-    if not sources:
-        return pieces
-    known = sorted({p["source"] for p in shards.pieces})
-    unknown = [s for s in sources if s not in known]
-    if unknown:
-        raise DataError(f"{shards.folder} has no source {', '.join(map(repr, unknown))}; it holds {', '.join(known)}")
-    picked = [p for p in pieces if p["source"] in sources]
-    if not picked:
-        raise DataError(f"the {split} split of {shards.folder} holds no piece of {', '.join(sources)}")
-    return picked
-
-
 def eval_tokens(shards: TokenShards, split: str, sources: tuple[str, ...] = ()) -> np.ndarray:
     """The tokens every model scores: the split's stream, or its pieces of `sources`."""
     stream = np.asarray(shards.tokens(split))
     if not sources:
         return stream.astype(np.int64)
-    pieces = scored_pieces(shards, split, sources)
+    pieces = shards.split_pieces(split, sources)
     return np.concatenate([stream[p["offset"] : p["offset"] + p["tokens"]] for p in pieces]).astype(np.int64)
 
 
@@ -112,7 +95,7 @@ def evaluate(data: str | Path, models: dict[str, str | Path], ngram_path: str | 
     from .checkpoint import load_model
 
     shards = TokenShards(data)
-    notes = sum(p["notes"] for p in scored_pieces(shards, split, sources))
+    notes = sum(p["notes"] for p in shards.split_pieces(split, sources))
     toks = eval_tokens(shards, split, sources)
     rows = []
     for name, folder in models.items():
