@@ -59,7 +59,7 @@ class CallResponseMixin:
         t_gen = time.perf_counter()
         if self.cfg.candidates > 1:  # rank what fits before the start (less what the first note needs)
             ranker = self._ranker or LIKELIHOOD
-            deadline = self._time_at(start - margin) - self.scheduler.latency_s
+            deadline = self._time_at(start - margin) - self.output.scheduler.latency_s
             ans = self.timeline.generate_ranked(start, end, self._current_shaper(), self._rng, ranker.score,
                                                 self.cfg.candidates, deadline, emit=self._schedule_model,
                                                 cancelled=self._halted)

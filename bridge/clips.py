@@ -78,11 +78,9 @@ def timing(bpm: float, beats_per_bar: int) -> tuple[list[Tempo], list[TimeSignat
     return [Tempo(0.0, float(bpm))], [TimeSignature(0.0, int(beats_per_bar), 4)]
 
 
-def clip_from_answer(rec: AnswerRecord | dict, beats_per_bar: int, prompt: Piece | None = None,
+def clip_from_answer(rec: AnswerRecord, beats_per_bar: int, prompt: Piece | None = None,
                      model: str | None = None) -> Clip:
-    """A jam answer (its events in timeline beats; an `AnswerRecord`, or its fields as a
-    mapping) as a clip starting at beat 0."""
-    rec = AnswerRecord.of(rec)
+    """A jam answer (its events in timeline beats) as a clip starting at beat 0."""
     events = [e for e in rec.events if isinstance(e, (NoteOn, NoteOff))]
     t0 = min((e.time for e in events), default=0.0)
     notes = [replace(n, start=n.start - t0) for n in iter_notes(events)]

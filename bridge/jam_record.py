@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from dataclasses import dataclass, field, fields
-from typing import Any, Iterable
+from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 
@@ -66,18 +66,6 @@ class AnswerRecord:
     def end(self, beats_per_bar: float) -> float:
         """The song beat the answer's span ends on."""
         return self.start + self.bars * beats_per_bar
-
-    def get(self, name: str, default: Any = None) -> Any:
-        """A field by name, for readers that still take an answer as a mapping (`jam --save`)."""
-        return getattr(self, name, default)
-
-    @classmethod
-    def of(cls, rec: "AnswerRecord | dict") -> "AnswerRecord":
-        """`rec` itself, or an answer from its fields as a mapping (unknown keys ignored)."""
-        if isinstance(rec, cls):
-            return rec
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in rec.items() if k in names})
 
 
 @dataclass

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -45,15 +45,24 @@ from .cc_map import CCMap
 from .clock import SessionClock, line_at_or_after, line_at_or_before, next_line
 from .config import MODES, JamConfig
 from .input_decoder import Control, InputDecoder, Played, Trigger
-from .jam_record import AnswerRecord, JamRecord, LiveAnswer
+from .jam_record import JamRecord, LiveAnswer
 from .model_output import ModelOutput
 from .ranking import open_ranker
-from .safety import DropCounters
-from .scheduler import Scheduled, Scheduler
+from .scheduler import Scheduled
 from .session_ports import SessionPorts
 from .timeline import Timeline, jam_families
 
 Listener = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What a jam took in and played out (`JamSession.counts`; the `stopped` event's `counters`)."""
+
+    notes_in: int = 0  # the player's note-ons heard
+    ignored: int = 0  # messages that were neither notes nor controls we use
+    echo: int = 0  # our own notes coming back through a loopback
+    answers: int = 0  # answers played to their end
 
 
 class JamSession(CallResponseMixin, AccompanyMixin):
@@ -137,7 +146,7 @@ class JamSession(CallResponseMixin, AccompanyMixin):
         self._cancel.set()
         if self._worker is not None:
             self._worker.join(timeout=5.0)
-        if self.scheduler is not None:
+        if self.output.scheduler is not None:
             self.output.stop(self._song_beat())
             a = self._answer
             if a is not None and (self._worker is None or not self._worker.is_alive()):
@@ -206,7 +215,7 @@ class JamSession(CallResponseMixin, AccompanyMixin):
     def replay(self, notes: Iterable[Note]) -> float:
         """Play finished notes (beats from 0) again from the next bar line, on the model's
         channels. Output only: the model does not hear them. Returns the song beat it starts on."""
-        if self.scheduler is None or self.state == "stopped":
+        if self.output.scheduler is None or self.state == "stopped":
             raise MuseBridgeError("start the jam first: a clip plays again through the session's output")
         bpb = self.cfg.beats_per_bar
         now = self._song_beat() - self.origin + self._first_note_margin()
@@ -214,41 +223,21 @@ class JamSession(CallResponseMixin, AccompanyMixin):
         self.output.replay(notes, start)
         return start + self.origin
 
-    @property
-    def scheduler(self) -> Scheduler | None:
-        """What sends the model's notes (and knows what sounds): None until `start`."""
-        return self.output.scheduler
-
     def _first_note_margin(self) -> float:
         """Beats the first token of an answer needs (a few ms): it starts no sooner."""
         return 0.03 * self.clock.bpm / 60.0
 
-    @property
-    def history(self) -> list[AnswerRecord]:
-        """The finished answers, oldest first (`record.answers()`)."""
-        return self.record.answers()
-
     def stats(self) -> dict:
-        sc = self.scheduler.jitter_stats() if self.scheduler else {}
-        return {"jitter": sc, **self.record.stats(), "counters": self.counters,
-                "answers": len(self.record.answers()), "input_dropped": self.input_dropped.as_dict(),
+        """What the `stopped` event carries: jitter, latencies, counts, drops, lost ports."""
+        sc = self.output.scheduler.jitter_stats() if self.output.scheduler else {}
+        return {"jitter": sc, **self.record.stats(), "counters": asdict(self.counts()),
+                "answers": len(self.record.answers()), "input_dropped": self.ports.dropped.as_dict(),
                 "lost_ports": sorted(self.ports.lost)}
 
-    @property
-    def input_dropped(self) -> DropCounters:
-        """What the MIDI input threw away (garbage, sysex, overflows), over the session."""
-        return self.ports.dropped
-
-    @property
-    def server_lost(self) -> bool:
-        """The JACK server died under the ports and has not returned (yet)."""
-        return self.ports.server_lost
-
-    @property
-    def counters(self) -> dict[str, int]:
+    def counts(self) -> Counts:
         """What came in (notes, ignored messages, our own echoes) and answers played to their end."""
         d = self.decoder
-        return {"ignored": d.ignored, "notes_in": d.notes_in, "echo": d.echoes, "answers": self.record.completed}
+        return Counts(ignored=d.ignored, notes_in=d.notes_in, echo=d.echoes, answers=self.record.completed)
 
     # --- MIDI in (the input's polling thread) --------------------------------------------------
     def _on_midi(self, msg: bytes, t: float) -> None:
@@ -323,11 +312,11 @@ class JamSession(CallResponseMixin, AccompanyMixin):
     def _update_latency(self) -> None:
         """The longest note follows the tempo; unless `latency_ms` is set, so does how early
         notes are sent (`SessionClock.output_latency`)."""
-        if self.scheduler is None:
+        if self.output.scheduler is None:
             return
-        self.scheduler.max_note_s = self.cfg.max_note_beats * 60.0 / max(self.clock.bpm, 1.0)
+        self.output.scheduler.max_note_s = self.cfg.max_note_beats * 60.0 / max(self.clock.bpm, 1.0)
         if self.cfg.latency_ms is None:
-            self.scheduler.latency_s = self.clock.output_latency()
+            self.output.scheduler.latency_s = self.clock.output_latency()
 
     def _flush_input(self) -> None:
         """Everything played since the last flush goes into the model in one append: a flood

@@ -89,7 +89,7 @@ def jam(in_port, out_port, api, mode, bars, bpm, beats_per_bar, clock, backend, 
             if t_end is not None and time.monotonic() >= t_end:
                 break
     finally:
-        lost = session.server_lost  # read before stop() closes the ports
+        lost = session.ports.server_lost  # read before stop() closes the ports
         session.stop()
         for s, h in old.items():
             signal.signal(s, h)
@@ -102,25 +102,26 @@ def _saving(listener, folder: Path, session_of, beats_per_bar: int, model: str |
     """`listener`, plus: each finished answer written to `folder` as a .mid, off the jam's
     worker thread. Names start with the time, so a second jam never overwrites the first."""
     from musebridge.bridge.clips import clip_from_answer
+    from musebridge.bridge.jam_record import AnswerRecord
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MuseBridgeError(f"cannot use --save {folder} ({e.strerror or e}); choose a folder you can write") from None
 
-    def write(rec: dict) -> None:
+    def write(rec: AnswerRecord) -> None:
         try:
             clip = clip_from_answer(rec, beats_per_bar, model=model)
             path = clip.export(folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{clip.file_name()}")
             if not quiet:
                 click.echo(f"saved {path}", err=True)
         except Exception as e:  # a full disk must not stop the music: say it, go on
-            click.echo(f"error: could not save answer {rec.get('tag')} to {folder} ({e})", err=True)
+            click.echo(f"error: could not save answer {rec.tag} to {folder} ({e})", err=True)
 
     def on_event(rec: dict) -> None:
         listener(rec)
         if rec.get("event") == "answer_end":
-            answer = next((h for h in reversed(session_of().history) if h.get("tag") == rec.get("tag")), None)
+            answer = session_of().record.answer(rec.get("tag"))
             if answer is not None:
                 threading.Thread(target=write, args=(answer,), name="musebridge-save", daemon=False).start()
 

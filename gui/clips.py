@@ -13,6 +13,7 @@ from PyQt6.QtGui import QColor, QDrag, QIcon, QPainter, QPixmap
 from PyQt6.QtWidgets import QAbstractItemView, QListWidget, QListWidgetItem
 
 from musebridge.bridge.clips import Clip, clip_from_answer, timing  # noqa: F401  (the app's clips)
+from musebridge.bridge.clock import line_at_or_before
 from musebridge.bridge.jam_record import RollNote
 from musebridge.engine.music.events import Note, Piece
 
@@ -28,7 +29,7 @@ def phrase_before(notes: list[RollNote], beat: float, beats_per_bar: int, bpm: f
     tempos, sigs = timing(bpm, beats_per_bar)
     if not mine:
         return Piece(tempos=tempos, time_signatures=sigs)
-    shift = math.floor(min(n.on for n in mine) / beats_per_bar) * beats_per_bar
+    shift = line_at_or_before(min(n.on for n in mine), beats_per_bar)
     out = [Note(n.on - shift, max((n.off if n.off is not None else beat) - n.on, 1 / 48), n.pitch,
                 max(int(n.velocity or 80), 1), n.family) for n in mine]
     return Piece(notes=out, tempos=tempos, time_signatures=sigs).sorted()

@@ -32,9 +32,9 @@ class LatencyPanelMixin:
         s = self.session
         rec = s.record
         jit = None
-        if s.scheduler is not None:
+        if s.output.scheduler is not None:
             try:
-                jit = s.scheduler.jitter_stats().get("p99_ms")
+                jit = s.output.scheduler.jitter_stats().get("p99_ms")
             except Exception:
                 jit = None
         return {"phrase_to_note_ms": list(rec.phrase_to_note_ms), "first_token_ms": list(rec.first_token_ms),

@@ -453,9 +453,8 @@ class MainWindow(PortsPanelMixin, GenerationPanelMixin, LatencyPanelMixin, Clips
             self.st_clock.setText("stopped — press Space to start")
         problems = [p for p in (self.error, self.port_problem) if p]
         self.st_error.setText("  ·  ".join(problems))
-        c = s.counters
-        text = f"{c.get('notes_in', 0)} notes in · {len(s.record.answers())} answers"
-        dropped = s.input_dropped.total  # garbage, sysex and queue overflows the input threw away
+        text = f"{s.counts().notes_in} notes in · {len(s.record.answers())} answers"
+        dropped = s.ports.dropped.total  # garbage, sysex and queue overflows the input threw away
         if dropped:
             text += f" · {dropped} input message{'s' if dropped != 1 else ''} dropped"
         self.st_state.setText(text)

@@ -123,7 +123,7 @@ def test_random_abuse_leaves_no_note_sounding(runtime_factory):
         daw.close()
     assert not left
     assert s.error is None, s.error
-    assert s.counters["answers"] >= 1 or s.scheduler.sent > 0, "the abuse never let an answer through: test is vacuous"
+    assert s.counts().answers >= 1 or s.output.scheduler.sent > 0, "the abuse never let an answer through: test is vacuous"
 
 
 def test_garbage_and_a_flood_do_not_break_timing(runtime_factory):
@@ -159,7 +159,7 @@ def test_garbage_and_a_flood_do_not_break_timing(runtime_factory):
             daw.close()
     assert s.error is None, s.error
     assert st["jitter"]["p99_ms"] <= 5.0, st
-    assert s.counters["notes_in"] >= 1000
+    assert s.counts().notes_in >= 1000
 
 
 def test_output_port_vanishes_and_returns(runtime_factory):
@@ -208,7 +208,7 @@ def test_the_answer_sounds_in_fluidsynth(runtime_factory, tmp_path):
                 player.send([0x90, p, 100])
                 time.sleep(0.15)
                 player.send([0x80, p, 0])
-            assert wait_until(lambda: s.counters["answers"] >= 1, 10)
+            assert wait_until(lambda: s.counts().answers >= 1, 10)
             player.close()
     finally:
         fs.stdin.write("quit\n")
@@ -242,7 +242,7 @@ def test_accompany_plays_along_and_regenerates_when_the_player_plays(runtime_fac
     assert s.error is None, s.error
     assert len(ons) >= 4, "accompaniment played (almost) nothing"
     assert ons[-1] - ons[0] > 1.0, "accompaniment did not keep going"
-    assert s.counters["notes_in"] == 12
+    assert s.counts().notes_in == 12
     assert not left
 
 
@@ -280,10 +280,10 @@ def test_after_garbage_the_next_phrase_is_answered_and_no_note_hangs(runtime_fac
                 daw.note(p, True)
                 time.sleep(0.08)
                 daw.note(p, False)
-            assert wait_until(lambda: s.counters["answers"] >= 1 or any(
+            assert wait_until(lambda: s.counts().answers >= 1 or any(
                 m[0] & 0xF0 == 0x90 and m[2] > 0 for m, _ in daw.got), 10.0), \
-                f"the phrase after garbage was never answered ({s.counters})"
-            assert s.counters["notes_in"] >= 3
+                f"the phrase after garbage was never answered ({s.counts()})"
+            assert s.counts().notes_in >= 3
             assert wait_until(lambda: any(e["event"] == "input_dropped" for e in events), 2.0)
         finally:
             raw.close_port()
@@ -294,11 +294,11 @@ def test_after_garbage_the_next_phrase_is_answered_and_no_note_hangs(runtime_fac
             daw.close()
     assert not left, f"notes left sounding after stop: {left}"
     assert s.error is None, s.error
-    assert s.input_dropped.sysex >= 2 and s.input_dropped.total > 0
+    assert s.ports.dropped.sysex >= 2 and s.ports.dropped.total > 0
     logged = [e for e in events if e["event"] == "input_dropped"][-1]
     assert logged["total"] > 0 and logged["sysex"] >= 1
     stopped = [e for e in events if e["event"] == "stopped"][-1]
-    assert stopped["input_dropped"] == s.input_dropped.as_dict()
+    assert stopped["input_dropped"] == s.ports.dropped.as_dict()
 
 
 @pytest.mark.parametrize("mode,burst", [("call", 1), ("call", 1000), ("accompany", 1000)])
@@ -328,9 +328,9 @@ def test_a_flood_of_notes_loses_none(runtime_factory, mode, burst, capfd):
                     daw.note(40 + j % 40, False, ch=14)
                     sent += 1
             rate = sent / (time.perf_counter() - t0)
-            wait_until(lambda: s.counters["notes_in"] >= sent + 3, 10.0)  # a slow worker may still be catching up
+            wait_until(lambda: s.counts().notes_in >= sent + 3, 10.0)  # a slow worker may still be catching up
             time.sleep(0.5)  # duplicates, if any, would show up too
-            received = s.counters["notes_in"] - 3
+            received = s.counts().notes_in - 3
         finally:
             daw.close()
     err = capfd.readouterr().err
@@ -339,7 +339,7 @@ def test_a_flood_of_notes_loses_none(runtime_factory, mode, burst, capfd):
     assert rate >= 1500
     assert s.error is None, s.error
     assert "queue limit reached" not in err  # what rtmidi prints (and nothing else says) when it loses messages
-    assert received == sent, (received, sent, s.counters)
+    assert received == sent, (received, sent, s.counts())
     dropped = s.stats()["input_dropped"]
     assert dropped["overflow"] == 0 and dropped["bytes"] == 0, dropped
 

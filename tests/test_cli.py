@@ -85,14 +85,16 @@ def test_jam_save_writes_each_finished_answer_with_its_settings(tmp_path):
 
     from musebridge.engine.music.events import NoteOff, NoteOn
     from musebridge.engine.music.midi_file import read_metadata, read_midi
+    from musebridge.bridge.jam_record import AnswerRecord, JamRecord
     from musebridge.cli.jam_cmd import _saving
 
-    answer = {"tag": 3, "start": 16.0, "bars": 1, "bpm": 100.0, "style": "pop",
-              "controls": {"seed": 11, "temperature": 0.9, "top_p": 0.95, "strengths": {"drums": 0.0}},
-              "events": [NoteOn(16.0, "piano", 60, 90), NoteOn(16.5, "bass", 36, 80), NoteOff(17.0, "piano", 60),
-                         NoteOff(18.0, "bass", 36)]}
+    record = JamRecord()
+    record.add_answer(AnswerRecord(3, 16.0, 1, 100.0, style="pop",
+                                   controls={"seed": 11, "temperature": 0.9, "top_p": 0.95, "strengths": {"drums": 0.0}},
+                                   events=[NoteOn(16.0, "piano", 60, 90), NoteOn(16.5, "bass", 36, 80),
+                                           NoteOff(17.0, "piano", 60), NoteOff(18.0, "bass", 36)]))
     seen = []
-    session = SimpleNamespace(history=[answer])
+    session = SimpleNamespace(record=record)
     on_event = _saving(seen.append, tmp_path / "takes", lambda: session, 4, None, quiet=True)
     on_event({"event": "answer_end", "tag": 3})
     deadline = time.monotonic() + 5

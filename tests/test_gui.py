@@ -436,7 +436,7 @@ def test_status_bar_counts_the_input_messages_the_jam_dropped(jack_server, qtbot
         raw.send_message([0xF0, 0x01])  # a torn sysex
         raw.send_message([0x90, 60, 1])  # which ends the sysex, and is heard
         qtbot.waitUntil(lambda: "3 input messages dropped" in win.st_state.text(), timeout=3000)
-        assert host.session.counters["notes_in"] == 1
+        assert host.session.counts().notes_in == 1
     finally:
         raw.delete()
         win.close()
