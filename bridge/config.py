@@ -89,5 +89,5 @@ class JamConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["controls"] = asdict(self.controls)
+        d["controls"] = self.controls.to_dict()
         return d

@@ -26,6 +26,7 @@ import numpy as np
 from musebridge.engine.music.events import Event, NoteOff, NoteOn
 from musebridge.engine.decode.runtime import CachedRuntime
 from musebridge.engine.decode.follow import PlayerProfile
+from musebridge.engine.decode.generate import prefix_families
 from musebridge.engine.decode.row_decoder import RowDecoder
 from musebridge.engine.decode.sampling import NEG, Grammar, LogitShaper
 from musebridge.engine.music.tokenizer import StreamEncoder
@@ -92,9 +93,8 @@ class Candidate:
 
 def jam_families(in_family: str, strengths: dict[str, float]) -> list[str]:
     """The families a jam's prefix names: the player's, then those turned up past the middle
-    (a strength above 0.5), less any muted (0)."""
-    fams = [in_family] + [f for f, s in strengths.items() if s > 0.5]
-    return [f for f in dict.fromkeys(fams) if strengths.get(f, 0.5) > 0]
+    (a strength above 0.5), less any muted (0): `generate.prefix_families`."""
+    return prefix_families([in_family], strengths)
 
 
 class Timeline:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from musebridge.engine.decode.backends import BACKENDS
 from musebridge.errors import MuseBridgeError
 from .options import Checked, decoding_options, duration_seconds
 
@@ -25,7 +26,7 @@ from .options import Checked, decoding_options, duration_seconds
 @click.option("--bpm", type=float, default=120, show_default=True, help="Internal tempo, used while no MIDI clock arrives.")
 @click.option("--beats-per-bar", type=int, default=4, show_default=True)
 @click.option("--clock", type=click.Choice(["auto", "internal", "midi"]), default="auto", show_default=True)
-@click.option("--backend", default="auto", show_default=True, help="auto, onnxruntime, torch or tensorrt.")
+@click.option("--backend", default="auto", show_default=True, help=f"auto, {', '.join(BACKENDS[:-1])} or {BACKENDS[-1]}.")
 @click.option("--model", "model_dir", type=click.Path(), default=None, help="Model folder (default: the shipped model).")
 @click.option("--style", default=None, help="Style label from the model's vocabulary.")
 @click.option("--strength", "strengths", multiple=True, metavar="FAMILY=S", help="Instrument strengths, e.g. bass=1,drums=0.")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from musebridge.engine.decode.backends import BACKENDS
 from musebridge.errors import MuseBridgeError
 from .options import Checked, decoding_options
 
@@ -194,7 +195,7 @@ def evaluate(data, models, baselines, split, seq_len, json_out, style_classifier
 @click.option("--critic", type=click.Path(), default=None,
               help="Rank variations with this critic (default: the model folder's critic/, if any).")
 @click.option("--list-styles", is_flag=True, help="Print the model's style labels and exit.")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "torch", "tensorrt"]), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True,
               help="Decoder: auto is onnxruntime when installed, else torch.")
 @decoding_options
 def generate(prompt, bars, style, strengths, decoding, key, density, seed, variations, with_prompt,

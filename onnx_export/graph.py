@@ -34,9 +34,11 @@ graphs to it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
+
+from musebridge.engine.training.model_config import ModelConfig
 
 OPSET = 20  # Gelu(approximate="tanh") is opset 20
 FUSED_OPSET = 23  # the fused `Attention` op is opset 23
@@ -44,49 +46,16 @@ ATTENTIONS = ("matmul", "fused")
 KINDS = ("step", "chunk")
 
 
-@dataclass(frozen=True)
-class GraphConfig:
-    """The sizes a graph needs, from a model folder's config.json `model` section."""
-
-    vocab_size: int
-    n_layer: int
-    n_head: int
-    d_model: int
-    context: int
-    window: int
-    local_heads: int
-    mlp_ratio: int
-    ticks_per_beat: int
-    rope_base: float
+@dataclass
+class GraphConfig(ModelConfig):
+    """The sizes a graph needs: the model's own `ModelConfig` (its defaults and checks), from a
+    model folder's config.json `model` section."""
 
     @classmethod
     def from_dict(cls, m: dict) -> "GraphConfig":
         if m.get("arch", "transformer") != "transformer":
             raise ValueError(f"only the transformer exports to ONNX, not {m.get('arch')!r}")
-        n_head, d_model = int(m.get("n_head", 8)), int(m.get("d_model", 256))
-        cfg = cls(
-            vocab_size=int(m["vocab_size"]),
-            n_layer=int(m.get("n_layer", 4)),
-            n_head=n_head,
-            d_model=d_model,
-            context=int(m.get("context", 4096)),
-            window=int(m.get("window", 128)),
-            local_heads=int(m.get("local_heads") or n_head // 2),
-            mlp_ratio=int(m.get("mlp_ratio", 4)),
-            ticks_per_beat=int(m.get("ticks_per_beat", 12)),
-            rope_base=float(m.get("rope_base", 10000.0)),
-        )
-        if d_model % n_head or (d_model // n_head) % 2 or cfg.context % cfg.window or not 0 < cfg.local_heads < n_head:
-            raise ValueError("inconsistent sizes (heads, window or context)")
-        return cfg
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
-
-    @property
-    def strided_rows(self) -> int:
-        return self.context // self.window
+        return cls(**{f.name: m[f.name] for f in fields(ModelConfig) if f.name in m})
 
     def cache_shape(self, batch: int) -> tuple[int, ...]:
         return (self.n_layer, 2, batch, self.n_head, self.context, self.head_dim)

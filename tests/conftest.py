@@ -39,18 +39,19 @@ def wait_until(cond, timeout: float) -> bool:
 
 
 def save_tiny_model(folder: Path, *, lean_to_notes: bool = False, half: bool = False, n_layer: int = 2,
-                    n_head: int = 4, d_model: int = 64, context: int = 512) -> Path:
-    """A random MuseModel (window 16) saved by `save_model` as a model folder, checksum included.
+                    n_head: int = 4, d_model: int = 64, context: int = 512, vocab: Vocabulary | None = None) -> Path:
+    """A random MuseModel (window 16, seed 0) saved by `save_model` as a model folder, checksum
+    included: the one way the tests make a model folder.
 
     `lean_to_notes`: token embeddings scaled up and note-ons favoured, so logits are of a
     size where parity bounds mean something and sampling plays notes; `half`: fp16 weights
-    on disk, as models ship."""
+    on disk, as models ship; `vocab`: the default vocabulary unless given."""
     import torch
 
     from musebridge.engine.training.checkpoint import save_model
     from musebridge.engine.training.model import ModelConfig, MuseModel
 
-    vocab = Vocabulary()
+    vocab = vocab or Vocabulary()
     torch.manual_seed(0)
     model = MuseModel(ModelConfig(vocab_size=len(vocab), n_layer=n_layer, n_head=n_head, d_model=d_model, window=16,
                                   context=context))
@@ -77,10 +78,12 @@ def note_leaning_model(vocab: Vocabulary, context: int = 256):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """A random 2-layer model (window 16, context 512) saved as a model folder."""
+def tiny(request, tmp_path_factory) -> Path:
+    """A random model folder (`save_tiny_model`: 2 layers, window 16, context 512), one per test
+    module; a module asks for another kind with `TINY_MODEL = {...}` (save_tiny_model's
+    keywords), e.g. `{"lean_to_notes": True, "half": True}`."""
     pytest.importorskip("torch")
-    return save_tiny_model(tmp_path_factory.mktemp("tiny"))
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"), **getattr(request.module, "TINY_MODEL", {}))
 
 
 @pytest.fixture(scope="module")

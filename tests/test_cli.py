@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import write_test_midi
+from conftest import save_tiny_model, write_test_midi
 
 
 def run(*args, cwd=None):
@@ -50,15 +50,12 @@ def test_errors_are_one_line_without_traceback(tmp_path):
 def test_generate_command_writes_valid_clips(tmp_path):
     import pytest
 
-    torch = pytest.importorskip("torch")
-    from musebridge.engine.training.checkpoint import save_model
+    pytest.importorskip("torch")
     from musebridge.engine.music.midi_file import read_metadata, read_midi
-    from musebridge.engine.training.model import ModelConfig, MuseModel
     from musebridge.engine.music.vocab import VocabConfig, Vocabulary
 
     vocab = Vocabulary(VocabConfig(styles=("jazz", "pop")))
-    torch.manual_seed(0)
-    save_model(tmp_path / "m", MuseModel(ModelConfig(vocab_size=len(vocab), n_layer=1, n_head=2, d_model=32, window=16, context=256)), vocab)
+    save_tiny_model(tmp_path / "m", vocab=vocab, n_layer=1, n_head=2, d_model=32, context=256)
     write_test_midi(tmp_path / "prompt.mid")
     r = run("generate", "--model", str(tmp_path / "m"), "--prompt", str(tmp_path / "prompt.mid"), "--bars", "2",
             "--strength", "piano=1,drums=0", "--seed", "7", "--style", "jazz", "--variations", "2", "--out", str(tmp_path / "o.mid"))

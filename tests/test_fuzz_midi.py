@@ -29,7 +29,6 @@ from musebridge.errors import MidiFileError
 
 NOTE = vlq(0) + b"\x90\x3c\x40" + vlq(96) + b"\x80\x3c\x40"
 
-from conftest import save_tiny_model
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -52,13 +51,21 @@ def test_read_midi_gives_a_piece_or_one_line(rng):
 
 # --- generate, in-process, with a tiny random model ----------------------------------------
 
+TINY_MODEL = {"n_layer": 1, "n_head": 2, "d_model": 32, "context": 256}  # conftest's `tiny`
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _own_cache(cache_dir):
+    """Graphs built for `tiny` go to a temporary cache (conftest's `cache_dir`)."""
+    return cache_dir
+
+
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, cache_dir):
-    pytest.importorskip("torch")
-    folder = save_tiny_model(tmp_path_factory.mktemp("tiny") / "m", n_layer=1, n_head=2, d_model=32, context=256)
+def good_bytes(tmp_path_factory) -> bytes:
+    """A valid clip, for an --out that exists before a hostile prompt."""
     good = tmp_path_factory.mktemp("good") / "good.mid"
     write_midi(Piece(notes=[Note(i * 0.5, 0.5, 60 + i, 90, "piano") for i in range(8)]), good)
-    return folder, good.read_bytes()
+    return good.read_bytes()
 
 
 def run_generate(model: Path, prompt: Path, out: Path, *extra: str) -> tuple[int, str]:
@@ -85,8 +92,8 @@ def check_outcome(rc: int, stderr: str, out: Path, good: bytes | None) -> None:
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.randoms(use_true_random=False), st.booleans())
-def test_generate_exits_0_with_a_file_or_2_with_one_line(tiny, rng, existing):
-    model, good_bytes = tiny
+def test_generate_exits_0_with_a_file_or_2_with_one_line(tiny, good_bytes, rng, existing):
+    model = tiny
     with tempfile.TemporaryDirectory() as d:
         prompt, out = Path(d) / "prompt.mid", Path(d) / "out" / "clip.mid"
         prompt.write_bytes(mutated(rng))
@@ -109,7 +116,7 @@ def _unblock(fifo: Path, after: float = 15.0) -> None:
 
 @pytest.mark.parametrize("kind", ["fifo", "folder", "socket", "device"])
 def test_generate_with_a_special_prompt_is_one_line(tiny, tmp_path, kind):
-    model, _ = tiny
+    model = tiny
     prompt = tmp_path / f"{kind}.mid"
     if kind == "fifo":
         os.mkfifo(prompt)
@@ -130,7 +137,7 @@ def test_generate_with_a_special_prompt_is_one_line(tiny, tmp_path, kind):
 @pytest.mark.parametrize("ts", [b"\x00\x02\x18\x08", b"\x04\x07\x18\x08"], ids=["0/4", "4/128"])
 def test_an_invalid_time_signature_no_longer_empties_the_clip(tiny, tmp_path, ts):
     """0/4 or 4/128 in the prompt made bars of no length: "0 notes over 0.0 beats", exit 0."""
-    model, _ = tiny
+    model = tiny
     prompt = tmp_path / "p.mid"
     prompt.write_bytes(smf([meta(0x58, ts) + NOTE * 4 + END]))
     (tmp_path / "out").mkdir()
@@ -142,7 +149,7 @@ def test_an_invalid_time_signature_no_longer_empties_the_clip(tiny, tmp_path, ts
 
 def test_generate_with_huge_deltas_ends(tiny, tmp_path):
     """The 81-byte FF FF FF 7F file once made `generate` grow ~16 MB/s without end."""
-    model, _ = tiny
+    model = tiny
     big = b"\xff\xff\xff\x7f"
     prompt = tmp_path / "p.mid"
     prompt.write_bytes(smf([(big + b"\x90\x3c\x40" + big + b"\x80\x3c\x40") * 4 + END], fmt=0, division=1))

@@ -22,7 +22,6 @@ from musebridge.onnx_export import GraphFileError, export, graph_paths  # noqa: 
 
 BACKENDS = ["torch", "onnxruntime"]
 
-from conftest import save_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -31,10 +30,7 @@ def _own_cache(cache_dir):
     return cache_dir
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A random 2-layer model leaning towards notes, logits of a size where 1e-4 means something."""
-    return save_tiny_model(tmp_path_factory.mktemp("tiny"), lean_to_notes=True)
+TINY_MODEL = {"lean_to_notes": True}  # conftest's `tiny`: logits of a size where 1e-4 means something
 
 def _tokens(vocab: Vocabulary, n: int, seed: int = 0) -> list[int]:
     rng = np.random.default_rng(seed)

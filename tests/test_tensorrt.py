@@ -38,7 +38,6 @@ from musebridge.onnx_export.build import expected_shapes  # noqa: E402
 ON_GPU = tensorrt_available()
 gpu = pytest.mark.skipif(not ON_GPU, reason="needs TensorRT and an NVIDIA GPU")
 
-from conftest import save_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -407,11 +406,7 @@ def fake_trt(monkeypatch, tmp_path):
     return fake
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A random 2-layer model (window 16, context 512) saved with fp16 weights, as models ship."""
-    pytest.importorskip("torch")
-    return save_tiny_model(tmp_path_factory.mktemp("tiny"), lean_to_notes=True, half=True)
+TINY_MODEL = {"lean_to_notes": True, "half": True}  # conftest's `tiny`, with fp16 weights as models ship
 
 def _tokens(vocab, n: int, seed: int = 0) -> list[int]:
     rng = np.random.default_rng(seed)

@@ -9,6 +9,7 @@ uint16 memmap per split plus `manifest.json` and `vocab.json`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -206,24 +207,20 @@ def build(
     done = len(tasks) - len(todo)
     workers = max(1, workers or os.cpu_count() or 1)
     try:
-        if workers == 1 or len(todo) <= 1:
-            vocab = Vocabulary(config)
-            for task in todo:
-                r = process_task(task, vocab, timeout)
+        with contextlib.ExitStack() as stack:
+            if workers == 1 or len(todo) <= 1:
+                vocab = Vocabulary(config)
+                parsed: Iterable[PieceResult] = (process_task(task, vocab, timeout) for task in todo)
+            else:
+                pool = stack.enter_context(get_context("forkserver").Pool(
+                    workers, initializer=_init_worker, initargs=(config,), maxtasksperchild=200))
+                parsed = pool.imap_unordered(_worker, [(t, timeout) for t in todo], chunksize=1)
+            for r in parsed:  # in this process, as each task comes back: cached for a resume
                 results[r.key] = r
                 cache.add(r)
                 done += 1
                 if progress:
                     progress(done, len(tasks), r)
-        else:
-            ctx = get_context("forkserver")
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(config,), maxtasksperchild=200) as pool:
-                for r in pool.imap_unordered(_worker, [(t, timeout) for t in todo], chunksize=1):
-                    results[r.key] = r
-                    cache.add(r)
-                    done += 1
-                    if progress:
-                        progress(done, len(tasks), r)
     finally:
         cache.flush()
     summary = assemble(tasks, results, config, out)

@@ -181,26 +181,13 @@ def _run_eager(model_dir: str | None, threads: int) -> list[dict]:
     long = _prompt_tokens(vocab, 4096)
     rows = []
     with torch.inference_mode():
-        for n in [n for n in PREFILL if n <= model.cfg.context]:
-            toks = np.array(long[:n])
-            t = torch.from_numpy(toks)[None]
-            f = torch.from_numpy(features(toks, vocab))[None]
-            ms = []
-            for _ in range(4):
-                t0 = time.perf_counter()
-                model(t, f)
-                ms.append((time.perf_counter() - t0) * 1e3)
-            rows.append(_row("torch_eager", "prefill_ms", n, ms[1:]))
-        for c in [c for c in CONTEXTS if c <= model.cfg.context]:
-            toks = np.array(long[:c])
-            t = torch.from_numpy(toks)[None]
-            f = torch.from_numpy(features(toks, vocab))[None]
-            ms = []
-            for _ in range(5):
-                t0 = time.perf_counter()
-                model(t, f)[:, -1]
-                ms.append((time.perf_counter() - t0) * 1e3)
-            rows.append(_row("torch_eager", "decode_step_ms", c, ms[1:]))
+        # no cache: a prompt is one forward pass, and so is every decode step at context c
+        for metric, sizes, runs in (("prefill_ms", PREFILL, 4), ("decode_step_ms", CONTEXTS, 5)):
+            for n in [n for n in sizes if n <= model.cfg.context]:
+                toks = np.array(long[:n])
+                t, f = torch.from_numpy(toks)[None], torch.from_numpy(features(toks, vocab))[None]
+                ms = [_timed(model, t, f) * 1e3 for _ in range(runs)]
+                rows.append(_row("torch_eager", metric, n, ms[1:]))
     rows.append(_row("torch_eager", "peak_rss_mb", 0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "MB"))
     return rows
 
@@ -281,9 +268,9 @@ def measure_floor(model_dir: str | None) -> dict:
             "bandwidth_floor_ms": round(weights_read / bandwidth * 1e3, 4), "compute_floor_ms": round(flops / peak * 1e3, 4)}
 
 
-def _timed(fn) -> float:
+def _timed(fn, *args) -> float:
     t0 = time.perf_counter()
-    fn()
+    fn(*args)
     return time.perf_counter() - t0
 
 

@@ -7,6 +7,7 @@ a clip never hangs a note and never runs long.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +52,14 @@ def check_variations(n, label: str = "variations") -> int:
 def beats_per_bar(piece: Piece) -> float:
     ts = piece.time_signatures[-1] if piece.time_signatures else None
     return 4.0 if ts is None else ts.numerator * 4.0 / ts.denominator
+
+
+def prefix_families(played: Iterable[str], strengths: Mapping[str, float]) -> list[str]:
+    """The families an instrument prefix names: those played, then those turned up past the
+    middle (a strength above 0.5), less any muted (0); each once, in that order. The one
+    rule for `generate`'s prompts and the jam's timeline."""
+    fams = [*played, *(f for f, s in strengths.items() if s > 0.5)]
+    return [f for f in dict.fromkeys(fams) if strengths.get(f, 0.5) > 0]
 
 
 def prompt_tokens(prompt: Piece, vocab: Vocabulary, style: str | None, families: list[str],
@@ -145,14 +154,13 @@ def generate(
     """`variations` continuations of `bars` bars after the prompt (runtime of batch 1).
 
     The instrument prefix lists the prompt's families plus those the user favours
-    (strength > 0.5), minus muted ones. The answer starts where the prompt's last note
+    (strength > 0.5), minus muted ones (`prefix_families`). The answer starts where the prompt's last note
     stops, or at `prompt_end` (beats) if later, e.g. the bar line after a phrase.
     """
     v = runtime.vocab
     bars = check_bars(bars)
     check_variations(variations)
-    wanted = set(prompt.families) | {f for f, s in controls.strengths.items() if s > 0.5}
-    families = sorted((f for f in wanted if controls.strengths.get(f, 0.5) > 0), key=lambda f: v.family_index.get(f, 99))
+    families = sorted(prefix_families(prompt.families, controls.strengths), key=lambda f: v.family_index.get(f, 99))
     # no seed asked: draw one, so every clip still records the seed that recalls it
     base = controls.seed if controls.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
     seeds = [base + i for i in range(variations)]

@@ -62,16 +62,16 @@ class Note:
 class Pedal:
     """Sustain pedal (CC64) pressed or released for one family."""
 
-    time: float
+    time: float  # beats
     family: str
-    down: bool
+    down: bool  # pressed (True) or released
 
 
 @dataclass(frozen=True, slots=True)
 class Tempo:
     """A tempo change, in quarter-note beats per minute."""
 
-    time: float
+    time: float  # beats
     bpm: float
 
 
@@ -79,9 +79,9 @@ class Tempo:
 class TimeSignature:
     """A time-signature change (numerator / denominator)."""
 
-    time: float
-    numerator: int
-    denominator: int
+    time: float  # beats
+    numerator: int  # beats in a bar
+    denominator: int  # the note value of a beat: 4 a quarter, 8 an eighth
 
 
 # The event stream: what the tokenizer reads and writes, in time order.
