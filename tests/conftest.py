@@ -38,6 +38,13 @@ def wait_until(cond, timeout: float) -> bool:
     return cond()
 
 
+def one_line(excinfo) -> str:
+    """The message of a raised error (pytest's `excinfo`), checked to be one line with no traceback."""
+    msg = str(excinfo.value)
+    assert "\n" not in msg and "Traceback" not in msg
+    return msg
+
+
 def save_tiny_model(folder: Path, *, lean_to_notes: bool = False, half: bool = False, n_layer: int = 2,
                     n_head: int = 4, d_model: int = 64, context: int = 512, vocab: Vocabulary | None = None) -> Path:
     """A random MuseModel (window 16, seed 0) saved by `save_model` as a model folder, checksum

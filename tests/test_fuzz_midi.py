@@ -30,7 +30,6 @@ from musebridge.errors import MidiFileError
 NOTE = vlq(0) + b"\x90\x3c\x40" + vlq(96) + b"\x80\x3c\x40"
 
 
-
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.randoms(use_true_random=False))
 def test_read_midi_gives_a_piece_or_one_line(rng):

@@ -20,8 +20,9 @@ from musebridge.engine.decode.sampling import SamplingControls  # noqa: E402
 from musebridge.engine.music.vocab import Vocabulary  # noqa: E402
 from musebridge.onnx_export import GraphFileError, export, graph_paths  # noqa: E402
 
-BACKENDS = ["torch", "onnxruntime"]
+from conftest import one_line  # noqa: E402
 
+BACKENDS = ["torch", "onnxruntime"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -236,21 +237,15 @@ def test_int8_export_of_the_shipped_model_is_held_to_its_target(tmp_path, capsys
     assert "within the int8 target (rel <= 0.03, kl <= 0.005, top1 >= 0.9)" in out
 
 
-def _one_line_error(excinfo) -> str:
-    msg = str(excinfo.value)
-    assert "\n" not in msg and "Traceback" not in msg
-    return msg
-
-
-def test_a_corrupt_graph_is_a_one_line_error(tiny, tmp_path):
+def test_a_corrupt_graph_is_aone_line(tiny, tmp_path):
     export(tiny, tmp_path, "fp32")
     (tmp_path / "step-fp32.onnx").write_bytes(b"\x08\x07garbage" * 100)
     with pytest.raises(GraphFileError) as e:
         open_runtime(tiny, "onnxruntime", onnx_dir=tmp_path)
-    assert "step-fp32.onnx" in _one_line_error(e)
+    assert "step-fp32.onnx" in one_line(e)
     with pytest.raises(GraphFileError) as e:
         open_runtime(tiny, "onnxruntime", onnx_dir=tmp_path / "nothing", dtype="fp16")
-    assert "musebridge export" in _one_line_error(e)
+    assert "musebridge export" in one_line(e)
 
 
 def test_a_corrupt_cache_entry_is_rebuilt(tiny):
@@ -260,7 +255,7 @@ def test_a_corrupt_cache_entry_is_rebuilt(tiny):
     assert rt.prefill([1, 2, 3]).shape == (1, len(rt.vocab))
 
 
-def test_a_corrupt_model_file_is_a_one_line_error(tiny, tmp_path):
+def test_a_corrupt_model_file_is_aone_line(tiny, tmp_path):
     import shutil
 
     bad = tmp_path / "bad"
@@ -269,7 +264,7 @@ def test_a_corrupt_model_file_is_a_one_line_error(tiny, tmp_path):
     for backend in BACKENDS:
         with pytest.raises(ModelFileError) as e:
             open_runtime(bad, backend)
-        assert "model.safetensors" in _one_line_error(e)
+        assert "model.safetensors" in one_line(e)
     r = subprocess.run([sys.executable, "-m", "musebridge", "generate", "--model", str(bad), "--out", str(tmp_path / "o.mid"),
                         "--backend", "onnxruntime"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
@@ -282,7 +277,7 @@ def test_unknown_and_missing_backends_say_what_to_install():
     if "tensorrt" not in available_backends():
         with pytest.raises(BackendError) as e:
             open_runtime(backend="tensorrt")
-        assert "pip install onnxruntime-gpu" in _one_line_error(e)
+        assert "pip install onnxruntime-gpu" in one_line(e)
 
 
 def test_the_onnxruntime_path_never_imports_torch(tiny, cache_dir):
