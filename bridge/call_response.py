@@ -76,10 +76,10 @@ class CallResponseMixin:
             self._cancel.clear()
 
     def _answer_note_sent(self, it: Scheduled, due: float, sent_at: float) -> None:
-        """A note-on went out (the scheduler's thread): if it is the answer's, it sounded
-        (kept should the answer be cancelled); its first says the answer started."""
+        """The scheduler sent `it` (its thread): an answer's note-on sounded (kept should the
+        answer be cancelled); its first says the answer started."""
         a = self._answer
-        if a is None or it.tag != a.tag:
+        if a is None or it.tag != a.tag or it.kind != "on":
             return
         a.sent.add(it.note_id)
         if not a.first_sent:
@@ -112,7 +112,7 @@ class CallResponseMixin:
         a = self._answer
         if a is None:
             return
-        self.output.cancel(a.tag, self._song_beat())
+        self.output.cancel(a.tag)
         self.output.forget()
         back = self.timeline.rewind(beat)
         if back is not None:
@@ -128,7 +128,7 @@ class CallResponseMixin:
         cancelled unless it had played to its end)."""
         a = self._answer
         if a is not None:
-            self.output.cancel(a.tag, self._song_beat())
+            self.output.cancel(a.tag)
             self._finish_answer(cancelled=self._song_beat() - self.origin < a.end)
         self._reset_after_cancel()
 

@@ -125,7 +125,9 @@ class JamRecord:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._roll: deque[RollNote] = deque(maxlen=ROLL_NOTES)
-        self._open: dict[tuple[str, str, int], RollNote] = {}  # (src, family, pitch) -> its sounding note
+        # (src, family, pitch) -> its sounding note, for notes written by key (`note`: the player's,
+        # the demo's); the jam's model notes are opened and ended by the scheduler's NoteTracker
+        self._open: dict[tuple[str, str, int], RollNote] = {}
         self._answers: list[AnswerRecord] = []
         self.completed = 0  # answers played to their end (not cancelled)
         self.first_token_ms: deque[float] = deque(maxlen=FIGURES)  # phrase end -> first token sampled
@@ -142,9 +144,24 @@ class JamRecord:
             if key in self._open:
                 self._open.pop(key).off = beat
             if on:
-                note = RollNote(src, family, pitch, beat, None, velocity)
-                self._open[key] = note
-                self._roll.append(note)
+                self._open[key] = self._append(src, family, pitch, beat, velocity)
+
+    def _append(self, src: str, family: str, pitch: int, beat: float, velocity: int) -> RollNote:
+        note = RollNote(src, family, pitch, beat, None, velocity)
+        self._roll.append(note)
+        return note
+
+    def open_note(self, src: str, family: str, pitch: int, beat: float, velocity: int = 0) -> RollNote:
+        """A note starts at song beat `beat`, sounding until `close_note` ends it (its owner,
+        e.g. the scheduler's tracker, holds it: no key here)."""
+        with self._lock:
+            return self._append(src, family, pitch, beat, velocity)
+
+    def close_note(self, note: RollNote, beat: float) -> None:
+        """`note` (from `open_note`) ends at song beat `beat`, unless it ended already."""
+        with self._lock:
+            if note.off is None:
+                note.off = beat
 
     def end_open(self, src: str, beat: float) -> None:
         """Every note of `src` still sounding ends at `beat` (released early: cancel, panic)."""

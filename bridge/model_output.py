@@ -1,10 +1,11 @@
-"""The model's notes on their way out: family -> channel, each note's id from the moment it
-is scheduled until it is released, and the roll told what was sent.
+"""The model's notes on their way out: family -> channel, and the `Scheduler` that sends them.
 
-`ModelOutput` owns the `Scheduler`, whose `NoteTracker` knows by the same ids what sounds
-now. Notes go in by `push` (events in timeline beats, from the jam's worker) and `replay`;
-what the scheduler sends, `sent` writes into the `JamRecord`'s roll; `silence` and `cancel`
-release through it, so the scheduler, its tracker and the roll always agree on what sounds.
+One owner knows each model note, by one id, from the moment it is scheduled until it is
+released: the scheduler's `NoteTracker`. Notes go in by `push` (events in timeline beats,
+from the jam's worker; the tracker names the id a later note-off releases) and `replay`;
+`silence` and `cancel` release through the scheduler. The roll reads the same notes: this
+object is the tracker's `RollWriter`, so a note opens in the `JamRecord`'s roll when it is
+sent and ends there whenever the tracker lets it go (note-off, cancel, panic, the guard).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from musebridge.engine.music.events import Event, Note, NoteOn
 from musebridge.engine.music.families import FAMILIES
 from musebridge.engine.music.midi_file import family_channels
 
-from .jam_record import JamRecord
+from .jam_record import JamRecord, RollNote
 from .scheduler import Scheduled, Scheduler
 
 REPLAY_TAG = -1  # scheduler tag of clips played again (an answer's cancel leaves them alone)
@@ -29,7 +30,7 @@ class ModelOutput:
         self.channels = family_channels([f.name for f in FAMILIES])  # family -> MIDI channel
         self._families = {c: f for f, c in self.channels.items()}
         self.scheduler: Scheduler | None = None
-        self._open: dict[tuple[str, int], int] = {}  # (family, pitch) scheduled on, not yet off -> note id
+        self._beat_at: Callable[[float], float] = lambda t: 0.0  # perf_counter time -> song beat
 
     def programs(self) -> list[bytes]:
         """The program change that gives each pitched family's channel its GM instrument."""
@@ -38,32 +39,34 @@ class ModelOutput:
     def family_of_channel(self, channel: int) -> str:
         return self._families.get(channel, "piano")
 
-    def start(self, send: Callable[[bytes], None], time_at: Callable[[float], float], late_s: float, max_note_s: float,
-              latency_s: float, on_sent: Callable[[Scheduled, float, float], None]) -> Scheduler:
-        """A new scheduler (its thread started) sending through `send` at `time_at(timeline beat)`."""
-        self._open.clear()
+    def start(self, send: Callable[[bytes], None], time_at: Callable[[float], float], beat_at: Callable[[float], float],
+              late_s: float, max_note_s: float, latency_s: float,
+              on_sent: Callable[[Scheduled, float, float], None] | None = None) -> Scheduler:
+        """A new scheduler (its thread started) sending through `send` at `time_at(timeline beat)`;
+        the roll's notes are at `beat_at(perf_counter time)`, song beats."""
+        self._beat_at = beat_at
         self.scheduler = Scheduler(send, time_at, late_s=late_s, max_note_s=max_note_s, latency_s=latency_s,
-                                   on_sent=on_sent)
+                                   roll=self, on_sent=on_sent)
         self.scheduler.start()
         return self.scheduler
 
-    def stop(self, beat: float) -> None:
-        """End the scheduler's thread, releasing everything (the roll's notes end at song `beat`)."""
+    def stop(self) -> None:
+        """End the scheduler's thread, releasing everything."""
         if self.scheduler is not None:
             self.scheduler.stop()
-            self.record.end_open("model", beat)
 
     # --- notes in -----------------------------------------------------------------------------------
     def push(self, ev: Event, tag: int) -> int | None:
         """Schedule a model note-on or note-off (timeline beats) for answer `tag`; returns its
         note id, or None for a note-off of a note not scheduled (nothing to release)."""
         ch = self.channels[ev.family]
-        key = (ev.family, ev.pitch)
+        key, notes = (ev.family, ev.pitch), self.scheduler.tracker
         if isinstance(ev, NoteOn):  # a re-strike: the scheduler releases the old note first
-            nid = self._open[key] = self.scheduler.new_note_id()
+            nid = self.scheduler.new_note_id()
+            notes.schedule(key, nid)
             self.scheduler.push(Scheduled(ev.time, 0, "on", ch, ev.pitch, ev.velocity, nid, tag))
             return nid
-        nid = self._open.pop(key, None)
+        nid = notes.scheduled(key)
         if nid is not None:
             self.scheduler.push(Scheduled(ev.time, 0, "off", ch, ev.pitch, 0, nid, tag))
         return nid
@@ -76,22 +79,23 @@ class ModelOutput:
 
     def forget(self) -> None:
         """Nothing scheduled is to be released by a later note-off (cancelled, rewound)."""
-        self._open.clear()
+        if self.scheduler is not None:
+            self.scheduler.tracker.forget_scheduled()
 
     # --- releasing ---------------------------------------------------------------------------------
-    def silence(self, beat: float) -> None:
+    def silence(self) -> None:
         """Release every sounding note now and drop everything pending (panic)."""
         if self.scheduler is not None:
             self.scheduler.panic()
-            self.record.end_open("model", beat)
 
-    def cancel(self, tag: int, beat: float) -> None:
+    def cancel(self, tag: int) -> None:
         """Drop answer `tag`'s pending notes and release what of it sounds."""
         if self.scheduler is not None:
             self.scheduler.cancel(tag=tag)
-            self.record.end_open("model", beat)
 
-    # --- what went out (the scheduler's thread) -------------------------------------------------------
-    def sent(self, it: Scheduled, beat: float) -> None:
-        """The scheduler sent `it` at song `beat`: into the roll."""
-        self.record.note("model", self.family_of_channel(it.channel), it.pitch, beat, it.kind == "on", it.velocity)
+    # --- the roll (the tracker's RollWriter: the scheduler's thread, or whoever releases) -----------
+    def opened(self, channel: int, pitch: int, velocity: int, t: float) -> RollNote:
+        return self.record.open_note("model", self.family_of_channel(channel), pitch, self._beat_at(t), velocity)
+
+    def closed(self, note: RollNote, t: float) -> None:
+        self.record.close_note(note, self._beat_at(t))

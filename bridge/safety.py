@@ -1,9 +1,11 @@
 """Note safety: nothing we start keeps sounding, nothing malformed gets in, our own notes
 coming back through a loopback are not mistaken for the player's.
 
-- `NoteTracker` knows every note we sent that has not been released, so panic and
-  shutdown release exactly those (individual note-offs first: some synths ignore
-  CC123), and a max-note-length guard can end a note whose note-off was lost.
+- `NoteTracker` is the one owner of the model's notes on their way out: each by one id
+  from the moment it is scheduled, through sent, until released (by its note-off, a
+  re-strike, a cancel, panic or the max-note-length guard). Panic and shutdown release
+  exactly what sounds (individual note-offs first: some synths ignore CC123), and the
+  roll's notes open and end with the tracker's (`RollWriter`), never kept apart.
 - `MidiParser` reads incoming bytes as a stream by MIDI's rules before anything interprets
   them: a torn or glued message from a flaky driver or a hardware port must cost only
   itself -- dropped and counted, never raised, and the next message always heard.
@@ -18,7 +20,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, fields
-from typing import Iterable
+from typing import Hashable, Iterable, Protocol
 
 NOTE_OFF, NOTE_ON, CC = 0x80, 0x90, 0xB0
 CC_SUSTAIN, CC_ALL_SOUND_OFF, CC_ALL_NOTES_OFF = 64, 120, 123
@@ -42,39 +44,87 @@ def note_key(msg: bytes | bytearray) -> tuple[int, int, bool] | None:
 # --- outgoing notes -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class SoundingNote:
     channel: int
     pitch: int
     note_id: int
     start: float  # perf_counter time the note-on was sent
+    roll: object = None  # its note in the roll (`RollWriter.opened`), ended with it
+
+
+class RollWriter(Protocol):
+    """Where the tracker's notes show (the jam record's roll): each note opens when sent
+    and ends when released, at perf_counter time `t`."""
+
+    def opened(self, channel: int, pitch: int, velocity: int, t: float) -> object: ...
+
+    def closed(self, note: object, t: float) -> None: ...
 
 
 class NoteTracker:
-    """Every note-on sent and not yet matched by a note-off: what sounds now.
+    """The model's notes from scheduled to released, by one id: what sounds now.
 
-    A key struck twice without a release counts twice (a note-off ends the oldest), so a
-    synth that stacks voices gets one note-off per voice. Each note has an id: the
-    caller's (the scheduler passes its own note ids, so one id names a note from the
-    moment it is scheduled until it is released), else the tracker's own. Thread-safe.
+    `schedule(key, id)` names the note a later note-off of `key` (the model's family and
+    pitch) releases; `note_on` records it sent, `end`/`note_off` released. A key struck
+    twice without a release counts twice (a note-off ends the oldest), so a synth that
+    stacks voices gets one note-off per voice. Each note has an id: the caller's (the
+    scheduler's note ids), else the tracker's own. With a `roll`, every note sent opens
+    there and every release, however it comes, ends it there. Thread-safe.
+
+    The player's own held keys are not here: they are input (`InputDecoder.held`), and
+    what the model's token stream leaves open is the timeline's (`Timeline.model_sounding`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, roll: RollWriter | None = None) -> None:
         self._lock = threading.Lock()
         self._notes: dict[tuple[int, int], deque[SoundingNote]] = {}
         self._keys: dict[int, tuple[int, int]] = {}  # note id -> (channel, pitch) of a sounding note
+        self._scheduled: dict[Hashable, int] = {}  # key scheduled on, its note-off not yet -> note id
         self._ids = itertools.count()
+        self._roll = roll
         self.channels_used: set[int] = set()
 
-    def note_on(self, channel: int, pitch: int, t: float | None = None, note_id: int | None = None) -> int:
+    # --- scheduled, not sent yet -------------------------------------------------------------
+    def new_id(self) -> int:
+        return next(self._ids)
+
+    def schedule(self, key: Hashable, note_id: int) -> None:
+        """A note-on of `key` is scheduled as `note_id` (a re-strike names the newer note)."""
+        with self._lock:
+            self._scheduled[key] = note_id
+
+    def scheduled(self, key: Hashable) -> int | None:
+        """The id a note-off of `key` releases (None: nothing scheduled under it), forgotten."""
+        with self._lock:
+            return self._scheduled.pop(key, None)
+
+    def forget_scheduled(self) -> None:
+        """No later note-off is to release what was scheduled (cancelled, rewound)."""
+        with self._lock:
+            self._scheduled.clear()
+
+    # --- sent and released -------------------------------------------------------------------
+    def note_on(self, channel: int, pitch: int, t: float | None = None, note_id: int | None = None,
+                velocity: int = 0) -> int:
         """Record a note-on we sent; returns its id."""
         nid = next(self._ids) if note_id is None else note_id
         note = SoundingNote(channel, pitch, nid, time.perf_counter() if t is None else t)
+        if self._roll is not None:
+            note.roll = self._roll.opened(channel, pitch, velocity, note.start)
         with self._lock:
             self._notes.setdefault((channel, pitch), deque()).append(note)
             self._keys[nid] = (channel, pitch)
             self.channels_used.add(channel)
         return nid
+
+    def _ended(self, notes: Iterable[SoundingNote]) -> None:
+        """The roll's notes end with these (outside the lock: the roll has its own)."""
+        if self._roll is not None:
+            t = time.perf_counter()
+            for n in notes:
+                if n.roll is not None:
+                    self._roll.closed(n.roll, t)
 
     def note_off(self, channel: int, pitch: int) -> SoundingNote | None:
         """Record a note-off we sent; returns the note it ended (None if none sounded)."""
@@ -86,7 +136,8 @@ class NoteTracker:
             if not q:
                 del self._notes[(channel, pitch)]
             self._keys.pop(note.note_id, None)
-            return note
+        self._ended([note])
+        return note
 
     def end(self, note_id: int) -> SoundingNote | None:
         """Record the note-off of the note with this id; returns it (None if it is not sounding:
@@ -100,7 +151,8 @@ class NoteTracker:
             q.remove(note)
             if not q:
                 del self._notes[key]
-            return note
+        self._ended([note])
+        return note
 
     def __bool__(self) -> bool:
         return bool(self._notes)
@@ -117,9 +169,10 @@ class NoteTracker:
         elif len(msg) >= 3 and msg[0] & 0xF0 == CC and msg[1] in (CC_ALL_SOUND_OFF, CC_ALL_NOTES_OFF):
             ch = msg[0] & 0x0F
             with self._lock:
-                for k in [k for k in self._notes if k[0] == ch]:
-                    for n in self._notes.pop(k):
-                        self._keys.pop(n.note_id, None)
+                gone = [n for k in [k for k in self._notes if k[0] == ch] for n in self._notes.pop(k)]
+                for n in gone:
+                    self._keys.pop(n.note_id, None)
+            self._ended(gone)
             self.channels_used.add(ch)
 
     def sounding(self) -> list[SoundingNote]:
@@ -142,7 +195,8 @@ class NoteTracker:
             return [(n.channel, n.pitch) for q in self._notes.values() for n in q if n.start <= limit]
 
     def release_all(self) -> list[bytes]:
-        """Messages that silence everything we started, and forget it all.
+        """Messages that silence everything we started, and forget it all (what is
+        scheduled stays: a later note-off of it finds nothing sounding and sends nothing).
 
         A note-off for every sounding voice, then sustain off (CC64=0) and all notes off
         (CC123=0) on every channel we ever used -- the CCs catch what a synth holds that
@@ -153,6 +207,7 @@ class NoteTracker:
             self._notes.clear()
             self._keys.clear()
             channels = sorted(self.channels_used)
+        self._ended(notes)
         msgs = [bytes([NOTE_OFF | n.channel, n.pitch, 0]) for n in notes]
         for ch in channels:
             msgs.append(bytes([CC | ch, CC_SUSTAIN, 0]))

@@ -8,8 +8,9 @@ this kind of machine keeps send jitter well under a millisecond.
 
 A note whose time has already passed by more than `late_s` is dropped, never bunched:
 a late answer sounds thinner, not rushed. Its note-off is dropped with it. Every note
-sent is tracked (see `safety.NoteTracker`), so panic and shutdown release exactly what
-sounds, and a note held past `max_note_s` is released by the guard.
+sent is tracked (see `safety.NoteTracker`, which writes the roll too), so panic and
+shutdown release exactly what sounds, and a note held past `max_note_s` is released by
+the guard.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from .safety import NoteTracker
+from .safety import NoteTracker, RollWriter
 
 SPIN_S = 0.0015
 
@@ -57,17 +58,16 @@ class Scheduler:
 
     def __init__(self, send: Callable[[bytes], None], time_at: Callable[[float], float],
                  late_s: float = 0.03, max_note_s: float = 8.0, latency_s: float = 0.0,
-                 on_sent: Callable[[Scheduled, float, float], None] | None = None):
+                 roll: RollWriter | None = None, on_sent: Callable[[Scheduled, float, float], None] | None = None):
         self._send = send
         self.time_at = time_at  # beat -> perf_counter time (the clock, consulted at send time)
         self.late_s = late_s
         self.max_note_s = max_note_s
         self.latency_s = latency_s  # sent this much early to make up for the output's latency
         self.on_sent = on_sent
-        self.tracker = NoteTracker()  # the notes sent and not released, by the ids given here
+        self.tracker = NoteTracker(roll)  # the notes scheduled, sent and not released, by the ids given here
         self._heap: list[Scheduled] = []
         self._seq = itertools.count()
-        self._ids = itertools.count()
         self._cv = threading.Condition()
         self._dropped_ids: set[int] = set()
         self.jitter_ms: list[float] = []  # actual - scheduled, per message sent
@@ -81,7 +81,7 @@ class Scheduler:
         self._thread.start()
 
     def new_note_id(self) -> int:
-        return next(self._ids)
+        return self.tracker.new_id()
 
     def note(self, beat: float, end_beat: float, channel: int, pitch: int, velocity: int, tag: int = 0) -> int:
         """Schedule one note (on and off); returns its id."""
@@ -184,7 +184,7 @@ class Scheduler:
             if self.tracker.note_off(it.channel, it.pitch) is not None:  # re-strike of a sounding key
                 self._emit(bytes([0x80 | it.channel, it.pitch, 0]))
             self._emit(bytes([0x90 | it.channel, it.pitch, max(1, min(127, it.velocity))]))
-            self.tracker.note_on(it.channel, it.pitch, now, note_id=it.note_id)
+            self.tracker.note_on(it.channel, it.pitch, now, note_id=it.note_id, velocity=it.velocity)
         else:
             self._dropped_ids.discard(it.note_id)
             if self.tracker.end(it.note_id) is None:
@@ -203,10 +203,8 @@ class Scheduler:
             return
         now = time.perf_counter()
         for ch, p in self.tracker.expired(now, self.max_note_s):
-            self.tracker.note_off(ch, p)  # its own note-off, when it comes, finds nothing to do
+            self.tracker.note_off(ch, p)  # its own note-off, when it comes, finds nothing to do (the roll's note ends)
             self._emit(bytes([0x80 | ch, p, 0]))
-            if self.on_sent is not None:
-                self.on_sent(Scheduled(0.0, -1, "off", ch, p), now, now)
 
     def jitter_stats(self) -> dict:
         j = np.abs(np.array(self.jitter_ms[-10_000:] or [0.0]))

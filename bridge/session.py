@@ -48,7 +48,6 @@ from .input_decoder import Control, InputDecoder, Played, Trigger
 from .jam_record import JamRecord, LiveAnswer
 from .model_output import ModelOutput
 from .ranking import open_ranker
-from .scheduler import Scheduled
 from .session_ports import SessionPorts
 from .timeline import Timeline, jam_families
 
@@ -127,9 +126,9 @@ class JamSession(CallResponseMixin, AccompanyMixin):
         if self._use_ports:
             self.decoder.echo = self.ports.open(self.cfg, self._on_midi)  # what it sends, heard coming back
         self.ports.programs = self.output.programs() if self.cfg.program_changes else []
-        self.output.start(self.ports.send, self._time_at, late_s=self.cfg.late_ms / 1000,
+        self.output.start(self.ports.send, self._time_at, self.clock.beat_at, late_s=self.cfg.late_ms / 1000,
                           max_note_s=self.cfg.max_note_beats * 60.0 / self.cfg.bpm,
-                          latency_s=(self.cfg.latency_ms or 0.0) / 1000, on_sent=self._on_sent)
+                          latency_s=(self.cfg.latency_ms or 0.0) / 1000, on_sent=self._answer_note_sent)
         self._new_timeline()
         self.ports.send_programs()
         self._stop.clear()
@@ -147,7 +146,7 @@ class JamSession(CallResponseMixin, AccompanyMixin):
         if self._worker is not None:
             self._worker.join(timeout=5.0)
         if self.output.scheduler is not None:
-            self.output.stop(self._song_beat())
+            self.output.stop()
             a = self._answer
             if a is not None and (self._worker is None or not self._worker.is_alive()):
                 self._finish_answer(cancelled=self._song_beat() - self.origin < a.end)
@@ -450,17 +449,11 @@ class JamSession(CallResponseMixin, AccompanyMixin):
 
     def _silence(self) -> None:
         """Release every sounding note now (panic the scheduler), in the roll too."""
-        self.output.silence(self._song_beat())
+        self.output.silence()
 
     def playhead(self) -> float:
         """The song position now, in beats."""
         return self._song_beat()
-
-    def _on_sent(self, it: Scheduled, due: float, sent_at: float) -> None:
-        """The scheduler sent `it` (its thread): into the roll, and the answer's note-ons noted."""
-        self.output.sent(it, self.clock.beat_at(sent_at))
-        if it.kind == "on":
-            self._answer_note_sent(it, due, sent_at)
 
     # --- sampling --------------------------------------------------------------------------------
     def _current_shaper(self) -> LogitShaper:

@@ -48,13 +48,64 @@ def test_cancel_releases_the_answers_sounding_notes_and_drops_the_rest():
         sc.stop()
 
 
-def test_a_note_held_past_the_limit_is_released_by_the_guard_and_said_so():
-    offs = []
-    sc, sent = scheduler(max_note_s=0.1, on_sent=lambda it, due, at: offs.append(it) if it.kind == "off" else None)
+class Roll:
+    """A `RollWriter` into a list: [channel, pitch, velocity, on, off] per note sent."""
+
+    def __init__(self):
+        self.notes: list[list] = []
+
+    def opened(self, channel, pitch, velocity, t):
+        self.notes.append([channel, pitch, velocity, t, None])
+        return self.notes[-1]
+
+    def closed(self, note, t):
+        note[4] = t
+
+
+def test_a_note_held_past_the_limit_is_released_by_the_guard_and_its_roll_note_ends():
+    roll = Roll()
+    sc, sent = scheduler(max_note_s=0.1, roll=roll)
     try:
         sc.note(0.0, 40.0, 3, 50, 90)  # its own note-off comes after 2 s
         assert wait_until(lambda: bytes([0x83, 50, 0]) in sent, 3.0)
-        assert len(sc.tracker) == 0 and [(o.channel, o.pitch) for o in offs] == [(3, 50)]
+        assert len(sc.tracker) == 0 and [(c, p, off is not None) for c, p, _, _, off in roll.notes] == [(3, 50, True)]
+    finally:
+        sc.stop()
+
+
+def test_one_owner_knows_a_note_by_one_id_scheduled_sent_released_and_the_roll_reads_it():
+    roll = Roll()
+    sc, sent = scheduler(roll=roll)
+    try:
+        nid = sc.new_note_id()
+        sc.tracker.schedule(("piano", 60), nid)
+        from musebridge.bridge.scheduler import Scheduled
+
+        sc.push(Scheduled(0.0, 0, "on", 0, 60, 90, nid))
+        assert wait_until(lambda: len(sc.tracker) == 1, 3.0)
+        [note] = sc.tracker.sounding()
+        assert note.note_id == nid and note.roll is roll.notes[0] and roll.notes[0][:3] == [0, 60, 90]
+        assert roll.notes[0][4] is None  # sounding in the roll too
+        assert sc.tracker.scheduled(("piano", 60)) == nid and sc.tracker.scheduled(("piano", 60)) is None
+        sc.push(Scheduled(1.0, 0, "off", 0, 60, 0, nid))
+        assert wait_until(lambda: len(sc.tracker) == 0, 3.0)
+        assert sent == [bytes([0x90, 60, 90]), bytes([0x80, 60, 0])] and roll.notes[0][4] is not None
+    finally:
+        sc.stop()
+
+
+def test_panic_ends_every_sounding_note_in_the_roll_and_cancel_only_the_answers():
+    roll = Roll()
+    sc, sent = scheduler(roll=roll)
+    try:
+        sc.note(0.0, 100.0, 0, 60, 90, tag=1)
+        sc.note(0.0, 100.0, 1, 64, 90, tag=2)
+        sc.note(0.0, 100.0, 2, 67, 90, tag=2)
+        assert wait_until(lambda: len(sc.tracker) == 3, 3.0)
+        sc.cancel(tag=1)
+        assert [(n[1], n[4] is None) for n in roll.notes] == [(60, False), (64, True), (67, True)]
+        sc.panic()
+        assert len(sc.tracker) == 0 and all(n[4] is not None for n in roll.notes)
     finally:
         sc.stop()
 
@@ -82,3 +133,27 @@ def test_a_late_note_is_dropped_with_its_note_off_never_bunched():
     finally:
         sc.stop()
     assert sc.dropped_late == 1 and not [m for m in sent if m[0] & 0xF0 in (0x80, 0x90)]
+
+
+def test_model_output_notes_reach_the_roll_through_the_tracker_and_panic_ends_them_there():
+    from musebridge.bridge.jam_record import JamRecord
+    from musebridge.bridge.model_output import ModelOutput
+    from musebridge.engine.music.events import NoteOff, NoteOn
+
+    record, sent = JamRecord(), []
+    out = ModelOutput(record)
+    t0 = time.perf_counter() + 0.05
+    out.start(sent.append, lambda beat: t0 + beat * 0.05, lambda t: (t - t0) / 0.05, late_s=1.0, max_note_s=8.0,
+              latency_s=0.0)
+    try:
+        on = out.push(NoteOn(0.0, "bass", 36, 90), tag=1)
+        assert out.push(NoteOff(0.5, "piano", 60), tag=1) is None  # nothing of it scheduled: nothing to release
+        out.push(NoteOn(0.0, "piano", 60, 80), tag=1)
+        assert wait_until(lambda: len(out.scheduler.tracker) == 2, 3.0)
+        assert out.push(NoteOff(100.0, "bass", 36), tag=1) == on  # the note-off names the note-on's id
+        assert sorted((n.family, n.pitch, n.off) for n in record.roll_snapshot()) == [("bass", 36, None),
+                                                                                      ("piano", 60, None)]
+        out.silence()
+        assert len(out.scheduler.tracker) == 0 and all(n.off is not None for n in record.roll_snapshot())
+    finally:
+        out.stop()
