@@ -135,7 +135,7 @@ class CallResponseMixin:
     def _reset_after_cancel(self) -> None:
         self.output.forget()
         self._pending.clear()
-        if self.timeline is not None and self.timeline.model_sounding:
+        if self.timeline is not None and self.timeline.stream.model_sounding:
             self.timeline.release_model_notes(self.timeline.time)
         self._cancel.clear()
         self.state = "accompanying" if self.mode == "accompany" else "listening"

@@ -73,7 +73,7 @@ class NoteTracker:
     there and every release, however it comes, ends it there. Thread-safe.
 
     The player's own held keys are not here: they are input (`InputDecoder.held`), and
-    what the model's token stream leaves open is the timeline's (`Timeline.model_sounding`).
+    what the model's token stream leaves open is the timeline's (`Timeline.stream.model_sounding`).
     """
 
     def __init__(self, roll: RollWriter | None = None) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Callable, Iterable
 
@@ -38,13 +38,27 @@ FIRST_FINISH_S = 0.03
 
 
 @dataclass
-class _Mark:
-    beat: float
-    runtime: tuple
+class StreamState:
+    """What must rewind together with the KV cache, as one object: a mark is one `copy`, a
+    rewind one restore. The encoder (the stream's clock and what it holds sounding), the
+    grammar, the logits the next token is drawn from, and `model_sounding` -- the notes the
+    model's tokens left open (-> onset beat): the stream's view, which a release must write
+    as tokens, not what the scheduler sent (that is the output's `NoteTracker`)."""
+
     encoder: StreamEncoder
     grammar: Grammar
     logits: np.ndarray
-    model_sounding: dict
+    model_sounding: dict[tuple[str, int], float] = field(default_factory=dict)
+
+    def copy(self) -> "StreamState":
+        return StreamState(_copy_encoder(self.encoder), self.grammar.copy(), self.logits.copy(), dict(self.model_sounding))
+
+
+@dataclass
+class _Mark:
+    beat: float
+    runtime: tuple  # the runtime's own mark (cache position, window slides, history)
+    stream: StreamState
 
 
 @dataclass
@@ -80,7 +94,7 @@ class Candidate:
     started: float  # on the clock
     seconds: float  # wall time sampling it
     rng_state: dict  # the generator's state it started from: `generate` from here plays it again
-    end: tuple  # (encoder, grammar, model_sounding) after it
+    end: StreamState  # the stream after it
 
     @property
     def events(self) -> list[Event]:
@@ -106,14 +120,12 @@ class Timeline:
         self.rt = runtime
         self.vocab: Vocabulary = runtime.vocab
         self.tpb = self.vocab.config.ticks_per_beat
-        self.encoder = StreamEncoder(self.vocab)
-        self.grammar = Grammar(self.vocab)
-        prefix = self.encoder.prefix(style, families)
+        encoder, grammar = StreamEncoder(self.vocab), Grammar(self.vocab)
+        prefix = encoder.prefix(style, families)
         for t in prefix:
-            self.grammar.update(t)
-        self.logits = runtime.prefill(prefix)
+            grammar.update(t)
+        self.stream = StreamState(encoder, grammar, runtime.prefill(prefix))
         self.marks: list[_Mark] = []
-        self.model_sounding: dict[tuple[str, int], float] = {}  # notes the model started, still on -> onset beat
         self.profile = PlayerProfile(beats_per_bar)  # what the player played: what answers follow
         # what a ranked answer cost last time (generate_ranked plans by it): tokens per beat of
         # a candidate, and per candidate the time from the last one to the winner played
@@ -122,14 +134,14 @@ class Timeline:
     @property
     def time(self) -> float:
         """Where the token stream has got to, in beats."""
-        return self.encoder.tick / self.tpb
+        return self.stream.encoder.tick / self.tpb
 
     # --- what the player (or already-played model notes) add ---------------------------
     def add(self, events: Iterable[Event], model: bool = False) -> int:
         """Encode events (time order) and append their tokens; returns tokens added."""
         toks: list[int] = []
         for ev in events:
-            toks += self.encoder.add(ev)
+            toks += self.stream.encoder.add(ev)
             if model:
                 self._track_model(ev)
             else:
@@ -143,20 +155,20 @@ class Timeline:
 
     def advance_to(self, beat: float) -> int:
         """Let time pass (a rest) up to `beat`; returns tokens added."""
-        return self._append(self.encoder.advance(max(self.encoder.tick, round(beat * self.tpb))))
+        return self._append(self.stream.encoder.advance(max(self.stream.encoder.tick, round(beat * self.tpb))))
 
     def _append(self, toks: list[int]) -> int:
         if toks:
             for t in toks:
-                self.grammar.update(t)
-            self.logits = self.rt.append(toks)
+                self.stream.grammar.update(t)
+            self.stream.logits = self.rt.append(toks)
         return len(toks)
 
     def _track_model(self, ev: Event) -> None:
         if isinstance(ev, NoteOn):
-            self.model_sounding[(ev.family, ev.pitch)] = ev.time
+            self.stream.model_sounding[(ev.family, ev.pitch)] = ev.time
         elif isinstance(ev, NoteOff):
-            self.model_sounding.pop((ev.family, ev.pitch), None)
+            self.stream.model_sounding.pop((ev.family, ev.pitch), None)
 
     # --- generation ---------------------------------------------------------------------
     def generate(
@@ -184,9 +196,9 @@ class Timeline:
         t0 = (clock or _time.perf_counter)()
         ans = Answer()
         self.advance_to(start)
-        held = {(v.family_index[f], p): round(onset * self.tpb) for (f, p), onset in self.model_sounding.items()}
+        held = {(v.family_index[f], p): round(onset * self.tpb) for (f, p), onset in self.stream.model_sounding.items()}
         # the one decode step (engine/decode/row_decoder.py): grammar, guard, density and following the player
-        row = RowDecoder(v, shaper, self.grammar, rng, self.profile.heard(self.time), tick=self.encoder.tick,
+        row = RowDecoder(v, shaper, self.stream.grammar, rng, self.profile.heard(self.time), tick=self.stream.encoder.tick,
                          source=self.rt.source, held=held)
         end_tick = round(end * self.tpb)
         next_mark = self.time
@@ -196,10 +208,10 @@ class Timeline:
                 ans.cancelled = True
                 break
             if row.tick / self.tpb >= next_mark:
-                self.encoder.advance(row.tick)  # rests sampled since the last event: a mark is at the stream's time
+                self.stream.encoder.advance(row.tick)  # rests sampled since the last event: a mark is at the stream's time
                 self._mark()
                 next_mark += mark_every
-            tok = row.sample(self.logits[0], self._no_end if sampled_note else self._no_wait)
+            tok = row.sample(self.stream.logits[0], self._no_end if sampled_note else self._no_wait)
             if ans.first_token_s is None:
                 ans.first_token_s = (clock or _time.perf_counter)() - t0
             if v.kind[tok] == WAIT and row.tick + int(v.value[tok]) > end_tick:
@@ -207,11 +219,11 @@ class Timeline:
             if v.kind[tok] == NOTE and v.vbin[tok] > 0:
                 sampled_note = True
             events = row.feed(tok)  # damaged weights: the guard stops this answer with an error, not a flood
-            self.logits = self.rt.step([tok])
+            self.stream.logits = self.rt.step([tok])
             ans.tokens += 1
             for ev in events:
                 self._model_event(ev, ans, emit)
-        self.encoder.advance(row.tick)  # the rests it sampled are in the cache already
+        self.stream.encoder.advance(row.tick)  # the rests it sampled are in the cache already
         if close and not ans.cancelled:
             self.release_model_notes(end, emit, ans)
         if not ans.cancelled:
@@ -222,7 +234,7 @@ class Timeline:
                             ans: Answer | None = None) -> list[Event]:
         """Note-offs (in the token stream too) for every note the model left sounding."""
         self.advance_to(beat)
-        offs = [NoteOff(self.time, f, p) for f, p in sorted(self.model_sounding)]
+        offs = [NoteOff(self.time, f, p) for f, p in sorted(self.stream.model_sounding)]
         self.add(offs, model=True)
         for ev in offs:
             emit(ev)
@@ -274,7 +286,7 @@ class Timeline:
         self.advance_to(start)
         room = self.rt.make_room(int(2 * cost["tokens_per_beat"] * beats) + 64)  # a slide would void the mark
         if room is not None:
-            self.logits = room
+            self.stream.logits = room
         self._mark()
         base, kept = self.marks[-1], list(self.marks)
         prompt = list(self.rt.history[0])
@@ -301,8 +313,7 @@ class Timeline:
                 break
             slid = self.rt.slides != base.runtime[0]
             made.append(Candidate(ans, list(self.rt.history[0][len(prompt):]) if not slid else [], prompt,
-                                  watch.mean(len(prompt), ans.tokens), t, clock() - t, state,
-                                  (self.encoder, self.grammar, self.model_sounding)))
+                                  watch.mean(len(prompt), ans.tokens), t, clock() - t, state, self.stream))
             in_cache = len(made) - 1
             if held.streaming:  # the first, out of time: it went out as it came
                 return RankedAnswer(**vars(ans), sample_s=clock() - t0)
@@ -322,8 +333,8 @@ class Timeline:
         if best != in_cache:  # put the winner's tokens into the cache instead
             self._restore(base)
             if win.tokens:
-                self.logits = self.rt.append(win.tokens)
-            self.encoder, self.grammar, self.model_sounding = win.end
+                self.stream.logits = self.rt.append(win.tokens)
+            self.stream = replace(win.end, logits=self.stream.logits)
         reply = made[0].answer.first_token_s
         out = RankedAnswer(events=win.answer.events, tokens=win.answer.tokens,
                            first_token_s=None if reply is None else made[0].started - t0 + reply, chosen=best,
@@ -336,7 +347,7 @@ class Timeline:
         return out
 
     def _model_event(self, ev: Event, ans: Answer, emit: Callable[[Event], None]) -> None:
-        self.encoder.add(ev)  # keeps the encoder's clock and sounding set in step (tokens already in)
+        self.stream.encoder.add(ev)  # keeps the encoder's clock and sounding set in step (tokens already in)
         self._track_model(ev)
         ans.events.append(ev)
         emit(ev)
@@ -362,8 +373,7 @@ class Timeline:
         self._mark()
 
     def _mark(self) -> None:
-        self.marks.append(_Mark(self.time, self.rt.mark(), _copy_encoder(self.encoder), self.grammar.copy(),
-                                self.logits.copy(), dict(self.model_sounding)))
+        self.marks.append(_Mark(self.time, self.rt.mark(), self.stream.copy()))
         if len(self.marks) > 512:
             del self.marks[:256]
 
@@ -382,11 +392,10 @@ class Timeline:
         return m.beat
 
     def _restore(self, m: _Mark) -> bool:
-        """Cache, encoder, grammar and sounding notes back to mark `m` (False: the window slid since)."""
+        """Cache and stream state back to mark `m` (False: the window slid since)."""
         if not self.rt.rewind(m.runtime):
             return False
-        self.encoder, self.grammar, self.logits = _copy_encoder(m.encoder), m.grammar.copy(), m.logits.copy()
-        self.model_sounding = dict(m.model_sounding)
+        self.stream = m.stream.copy()  # the mark stays as it was: a later rewind can come back to it
         return True
 
 
@@ -434,7 +443,7 @@ class _Watch:
     def __call__(self) -> bool:
         hist = self.tl.rt.history[0]
         self._score(hist, len(hist))
-        self.n, self.logits = len(hist), self.tl.logits[0].copy()
+        self.n, self.logits = len(hist), self.tl.stream.logits[0].copy()
         if self.cancelled():
             self.cancel = True
             return True

@@ -36,7 +36,7 @@ def test_streamed_phrase_equals_one_prefill(runtime):
     tl = Timeline(runtime, "pop", ["piano"])
     for ev in phrase():
         tl.add([ev])
-    streamed = tl.logits.copy()
+    streamed = tl.stream.logits.copy()
     hist = list(runtime.history[0])
     logits = runtime.prefill(hist)
     np.testing.assert_allclose(streamed, logits, atol=1e-4)
@@ -56,7 +56,7 @@ def test_answer_starts_with_a_note_on_the_bar_and_closes_its_notes(runtime):
             sounding.add((e.family, e.pitch))
         elif isinstance(e, NoteOff):
             sounding.discard((e.family, e.pitch))
-    assert not sounding and not tl.model_sounding
+    assert not sounding and not tl.stream.model_sounding
     assert tl.time == pytest.approx(8.0)
     assert runtime.position == len(runtime.history[0])
 
@@ -77,7 +77,7 @@ def test_rewind_then_readd_keeps_the_cache_exact(runtime):
     tl.add([NoteOn(cut, "piano", 48, 100)])
     assert tl.time == pytest.approx(cut)
     assert runtime.position == len(runtime.history[0])
-    live = tl.logits.copy()
+    live = tl.stream.logits.copy()
     np.testing.assert_allclose(live, runtime.prefill(list(runtime.history[0])), atol=1e-4)
 
 
@@ -128,7 +128,7 @@ def test_a_ranked_answer_plays_the_best_candidate_and_leaves_the_stream_as_its_o
     assert played == win.events == ans.events and ans.tokens == win.answer.tokens
     assert [e.time for e in played] == sorted(e.time for e in played)
     assert min(at) == max(at) == len(runtime.history[0])  # nothing was emitted before the winner was in the stream
-    hist, logits, enc, gram, sounding = list(runtime.history[0]), tl.logits.copy(), tl.encoder, tl.grammar, tl.model_sounding
+    hist, logits, enc, gram, sounding = list(runtime.history[0]), tl.stream.logits.copy(), tl.stream.encoder, tl.stream.grammar, tl.stream.model_sounding
     assert len(tl.marks) == 1 and tl.marks[0].beat == 4.0  # only the answer's start: a barge-in re-adds from there
 
     rng = np.random.default_rng()
@@ -136,11 +136,11 @@ def test_a_ranked_answer_plays_the_best_candidate_and_leaves_the_stream_as_its_o
     ref, ref_ans = direct(runtime, rng)  # the winner as a plain generate makes it
     assert ref_ans.events == win.events
     assert runtime.history[0] == hist  # the same tokens, as sampled (re-encoding its events would merge its rests)
-    np.testing.assert_allclose(logits, ref.logits, atol=1e-4)
+    np.testing.assert_allclose(logits, ref.stream.logits, atol=1e-4)
     assert (enc.tick, enc._sounding, enc._pending_offs, enc._pedal) == \
-        (ref.encoder.tick, ref.encoder._sounding, ref.encoder._pending_offs, ref.encoder._pedal)
-    np.testing.assert_array_equal(gram.mask, ref.grammar.mask)
-    assert sounding == ref.model_sounding == {}
+        (ref.stream.encoder.tick, ref.stream.encoder._sounding, ref.stream.encoder._pending_offs, ref.stream.encoder._pedal)
+    np.testing.assert_array_equal(gram.mask, ref.stream.grammar.mask)
+    assert sounding == ref.stream.model_sounding == {}
     np.testing.assert_allclose(logits, runtime.prefill(hist), atol=1e-4)
 
 
@@ -217,17 +217,17 @@ def test_a_later_candidate_out_of_time_is_dropped_and_the_one_before_plays(runti
                                       deadline=deadline, seed=seed, clock=clock, cancelled=clock.step)
     assert ans.made == 1 and played == dry[0].events
     assert ans.sample_s <= deadline - 2 * FIRST_FINISH_S + 0.011  # stopped at its time: room left to play the first
-    hist, logits = list(runtime.history[0]), tl.logits.copy()
+    hist, logits = list(runtime.history[0]), tl.stream.logits.copy()
     ref, _ = direct(runtime, np.random.default_rng(seed), seed=seed)
     assert runtime.history[0] == hist
-    np.testing.assert_allclose(logits, ref.logits, atol=1e-4)
+    np.testing.assert_allclose(logits, ref.stream.logits, atol=1e-4)
 
 
 def test_a_cancel_while_ranking_plays_nothing_and_leaves_the_stream_at_the_answers_start(runtime):
     tl = Timeline(runtime, "pop", ["piano"])
     tl.add(phrase())
     tl.advance_to(4.0)
-    before, logits = list(runtime.history[0]), tl.logits.copy()
+    before, logits = list(runtime.history[0]), tl.stream.logits.copy()
     steps = [0]
 
     def barge():
@@ -239,8 +239,8 @@ def test_a_cancel_while_ranking_plays_nothing_and_leaves_the_stream_at_the_answe
                              lambda cs: pytest.fail("scored a cancelled answer"), 8, math.inf, emit=played.append,
                              cancelled=barge)
     assert ans.cancelled and ans.made >= 2 and not ans.events and not played
-    assert runtime.history[0] == before and tl.time == 4.0 and not tl.model_sounding
-    np.testing.assert_array_equal(tl.logits, logits)
+    assert runtime.history[0] == before and tl.time == 4.0 and not tl.stream.model_sounding
+    np.testing.assert_array_equal(tl.stream.logits, logits)
 
 
 def test_a_candidates_mean_logprob_is_the_models_likelihood_of_its_sampled_tokens(runtime):
@@ -310,7 +310,7 @@ def test_ranking_near_the_end_of_the_context_slides_first_and_still_ranks(tmp_pa
             logits = None
             for s in range(0, hist.shape[1], 512):
                 logits = fresh._run(hist[:, s : s + 512], feats[:, s : s + 512], s)
-            np.testing.assert_allclose(tl.logits, logits, atol=1e-4)
+            np.testing.assert_allclose(tl.stream.logits, logits, atol=1e-4)
     assert made == {True: 3, False: 1}
 
 
@@ -327,3 +327,20 @@ def test_marks_taken_while_answering_are_at_the_streams_own_time(runtime):
         dec = StreamDecoder(runtime.vocab)
         dec.feed_many(runtime.history[0][: m.runtime[2][0]])
         assert dec.time == pytest.approx(m.beat), "a mark lags the stream"
+
+
+def test_a_mark_is_one_copy_of_the_stream_state_and_a_rewind_one_restore(runtime):
+    tl = Timeline(runtime, "pop", ["piano"])
+    tl.add(phrase())
+    tl.advance_to(4.0)
+    tl.mark()
+    m, state = tl.marks[-1], tl.stream
+    hist, logits, mask = list(runtime.history[0]), state.logits.copy(), state.grammar.mask.copy()
+    assert m.stream is not state and m.stream.encoder is not state.encoder  # a copy, not the live objects
+    tl.add([NoteOn(4.5, "bass", 36, 90)], model=True)
+    assert tl.stream.model_sounding == {("bass", 36): 4.5} and m.stream.model_sounding == {}
+    assert tl.rewind(4.0) == 4.0
+    assert runtime.history[0] == hist and tl.time == 4.0 and tl.stream.model_sounding == {}
+    np.testing.assert_array_equal(tl.stream.logits, logits)
+    np.testing.assert_array_equal(tl.stream.grammar.mask, mask)
+    assert tl.stream is not m.stream and not tl.marks  # restored as a copy; the mark is used up
