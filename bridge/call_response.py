@@ -17,7 +17,6 @@ from musebridge.engine.music.events import NoteOn
 from .clock import line_at_or_after, next_line
 from .jam_record import AnswerRecord, LiveAnswer
 from .ranking import LIKELIHOOD
-from .scheduler import Scheduled
 
 
 class CallResponseMixin:
@@ -25,6 +24,7 @@ class CallResponseMixin:
     answer ends (`_finish_answer`, `_barge_in`, `_cancel_answer`)."""
 
     def _call_tick(self) -> None:
+        self._announce_start()
         now = self._song_beat() - self.origin
         if self.state == "answering" and self._answer is not None and now >= self._answer.end:
             self._finish_answer()
@@ -52,6 +52,7 @@ class CallResponseMixin:
         end = start + self.cfg.bars * bpb
         self._tag += 1
         self._answer = LiveAnswer(self._tag, start, end, t_end, self.controls.to_dict())
+        self.output.watch(self._answer)  # the scheduler writes its note-ons into it as they go out
         self.state = "answering"
         self._phrase_notes = 0
         self.emit("phrase_end", start_beat=start + self.origin, bars=self.cfg.bars)
@@ -75,28 +76,29 @@ class CallResponseMixin:
         if ans.cancelled:
             self._cancel.clear()
 
-    def _answer_note_sent(self, it: Scheduled, due: float, sent_at: float) -> None:
-        """The scheduler sent `it` (its thread): an answer's note-on sounded (kept should the
-        answer be cancelled); its first says the answer started."""
+    def _announce_start(self) -> None:
+        """The answer's first note went out (the scheduler wrote when into it, `first`): its
+        `answer_start`, once, with how long after the phrase and how far from its time."""
         a = self._answer
-        if a is None or it.tag != a.tag or it.kind != "on":
+        if a is None or a.first is None or a.announced:
             return
-        a.sent.add(it.note_id)
-        if not a.first_sent:
-            a.first_sent = True
-            ms = (sent_at - a.phrase_end_t) * 1000.0
-            self.record.phrase_to_note_ms.append(ms)
-            first = self.record.first_token_ms
-            self.emit("answer_start", tag=a.tag, beat=round(a.start + self.origin, 4),
-                      error_ms=round((sent_at - due) * 1000.0, 3), phrase_to_note_ms=round(ms, 2),
-                      first_token_ms=round(first[-1], 2) if first else None)
+        a.announced = True
+        due, sent_at = a.first
+        ms = (sent_at - a.phrase_end_t) * 1000.0
+        self.record.phrase_to_note_ms.append(ms)
+        first = self.record.first_token_ms
+        self.emit("answer_start", tag=a.tag, beat=round(a.start + self.origin, 4),
+                  error_ms=round((sent_at - due) * 1000.0, 3), phrase_to_note_ms=round(ms, 2),
+                  first_token_ms=round(first[-1], 2) if first else None)
 
     def _finish_answer(self, cancelled: bool = False) -> None:
         """End the current answer. Every answer that started (`phrase_end`) gets its
         `answer_end`; a cancelled one keeps, in the history (and so for `--save`), what of
         it actually sounded, marked cancelled: a take is never lost."""
+        self._announce_start()
         a = self._answer
         self._answer = None
+        self.output.watch(None)
         self.state = "listening" if self.mode != "accompany" else "accompanying"
         if a is None:
             return

@@ -71,7 +71,8 @@ class AnswerRecord:
 @dataclass
 class LiveAnswer:
     """The answer being played: its span in timeline beats, and its model notes as they
-    were scheduled (`events`, each with its scheduler note id in `ids`) and sent (`sent`)."""
+    were scheduled (`events`, each with its scheduler note id in `ids`) and sent (`sent`,
+    `first`: written by the scheduler's thread through its tracker, `NoteTracker.watch`)."""
 
     tag: int
     start: float
@@ -81,7 +82,8 @@ class LiveAnswer:
     events: list[Event] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
     sent: set[int] = field(default_factory=set)  # ids whose note-on went out
-    first_sent: bool = False
+    first: tuple[float, float] | None = None  # (due, sent) perf_counter times of its first note-on
+    announced: bool = False  # its answer_start said
     ranking: dict = field(default_factory=dict)  # best of N: candidates, score_by, score
 
     def add(self, ev: Event, note_id: int) -> None:

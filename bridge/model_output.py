@@ -17,6 +17,7 @@ from musebridge.engine.music.families import FAMILIES
 from musebridge.engine.music.midi_file import family_channels
 
 from .jam_record import JamRecord, RollNote
+from .safety import Watched
 from .scheduler import Scheduled, Scheduler
 
 REPLAY_TAG = -1  # scheduler tag of clips played again (an answer's cancel leaves them alone)
@@ -40,13 +41,12 @@ class ModelOutput:
         return self._families.get(channel, "piano")
 
     def start(self, send: Callable[[bytes], None], time_at: Callable[[float], float], beat_at: Callable[[float], float],
-              late_s: float, max_note_s: float, latency_s: float,
-              on_sent: Callable[[Scheduled, float, float], None] | None = None) -> Scheduler:
+              late_s: float, max_note_s: float, latency_s: float) -> Scheduler:
         """A new scheduler (its thread started) sending through `send` at `time_at(timeline beat)`;
         the roll's notes are at `beat_at(perf_counter time)`, song beats."""
         self._beat_at = beat_at
         self.scheduler = Scheduler(send, time_at, late_s=late_s, max_note_s=max_note_s, latency_s=latency_s,
-                                   roll=self, on_sent=on_sent)
+                                   roll=self)
         self.scheduler.start()
         return self.scheduler
 
@@ -76,6 +76,11 @@ class ModelOutput:
         for n in notes:
             self.scheduler.note(start + n.start, start + max(n.end, n.start + 1 / 64), self.channels[n.family],
                                 n.pitch, n.velocity, tag=REPLAY_TAG)
+
+    def watch(self, answer: Watched | None) -> None:
+        """`answer`'s note-ons are written into it as they go out (the tracker's `watch`)."""
+        if self.scheduler is not None:
+            self.scheduler.tracker.watch(answer)
 
     def forget(self) -> None:
         """Nothing scheduled is to be released by a later note-off (cancelled, rewound)."""

@@ -62,6 +62,14 @@ class RollWriter(Protocol):
     def closed(self, note: object, t: float) -> None: ...
 
 
+class Watched(Protocol):
+    """An answer whose note-ons the tracker notes as they go out (`jam_record.LiveAnswer`)."""
+
+    tag: int
+    sent: set[int]  # ids whose note-on went out
+    first: tuple[float, float] | None  # (due, sent) perf_counter times of its first note-on
+
+
 class NoteTracker:
     """The model's notes from scheduled to released, by one id: what sounds now.
 
@@ -70,7 +78,8 @@ class NoteTracker:
     twice without a release counts twice (a note-off ends the oldest), so a synth that
     stacks voices gets one note-off per voice. Each note has an id: the caller's (the
     scheduler's note ids), else the tracker's own. With a `roll`, every note sent opens
-    there and every release, however it comes, ends it there. Thread-safe.
+    there and every release, however it comes, ends it there; the answer being `watch`ed
+    gets each of its note-ons as it goes out (`sent`). Thread-safe.
 
     The player's own held keys are not here: they are input (`InputDecoder.held`), and
     what the model's token stream leaves open is the timeline's (`Timeline.stream.model_sounding`).
@@ -83,6 +92,7 @@ class NoteTracker:
         self._scheduled: dict[Hashable, int] = {}  # key scheduled on, its note-off not yet -> note id
         self._ids = itertools.count()
         self._roll = roll
+        self._watched: Watched | None = None
         self.channels_used: set[int] = set()
 
     # --- scheduled, not sent yet -------------------------------------------------------------
@@ -104,7 +114,19 @@ class NoteTracker:
         with self._lock:
             self._scheduled.clear()
 
+    def watch(self, answer: Watched | None) -> None:
+        """From now on `answer`'s note-ons are written into it as they go out (None: none's)."""
+        self._watched = answer
+
     # --- sent and released -------------------------------------------------------------------
+    def sent(self, tag: int, note_id: int, due: float, at: float) -> None:
+        """A note-on of answer `tag` went out at `at` (due at `due`): the watched answer notes it."""
+        a = self._watched
+        if a is not None and a.tag == tag:
+            a.sent.add(note_id)
+            if a.first is None:
+                a.first = (due, at)
+
     def note_on(self, channel: int, pitch: int, t: float | None = None, note_id: int | None = None,
                 velocity: int = 0) -> int:
         """Record a note-on we sent; returns its id."""

@@ -58,13 +58,12 @@ class Scheduler:
 
     def __init__(self, send: Callable[[bytes], None], time_at: Callable[[float], float],
                  late_s: float = 0.03, max_note_s: float = 8.0, latency_s: float = 0.0,
-                 roll: RollWriter | None = None, on_sent: Callable[[Scheduled, float, float], None] | None = None):
+                 roll: RollWriter | None = None):
         self._send = send
         self.time_at = time_at  # beat -> perf_counter time (the clock, consulted at send time)
         self.late_s = late_s
         self.max_note_s = max_note_s
         self.latency_s = latency_s  # sent this much early to make up for the output's latency
-        self.on_sent = on_sent
         self.tracker = NoteTracker(roll)  # the notes scheduled, sent and not released, by the ids given here
         self._heap: list[Scheduled] = []
         self._seq = itertools.count()
@@ -195,8 +194,8 @@ class Scheduler:
         self.jitter_ms.append((sent_at - due) * 1000.0)
         if len(self.jitter_ms) > 100_000:
             del self.jitter_ms[:50_000]
-        if self.on_sent is not None:
-            self.on_sent(it, due, sent_at)
+        if it.kind == "on":
+            self.tracker.sent(it.tag, it.note_id, due, sent_at)
 
     def _release_expired(self) -> None:
         if not self.tracker:

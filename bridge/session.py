@@ -13,7 +13,8 @@ Threads, and why each exists:
   transport go straight to the clock follower;
 - the worker owns the model timeline: it turns played notes into tokens as they
   arrive, notices phrase ends, and generates -- nothing else touches the KV cache;
-- the scheduler's thread sends events at their time and tracks every note it sent.
+- the scheduler's thread sends events at their time and tracks every note it sent; its
+  tracker writes the roll and the answer being played (no callback into the session).
 Controls (mode, strengths, temperature, panic) may come from any thread: they are
 applied between two sampling steps.
 
@@ -128,7 +129,7 @@ class JamSession(CallResponseMixin, AccompanyMixin):
         self.ports.programs = self.output.programs() if self.cfg.program_changes else []
         self.output.start(self.ports.send, self._time_at, self.clock.beat_at, late_s=self.cfg.late_ms / 1000,
                           max_note_s=self.cfg.max_note_beats * 60.0 / self.cfg.bpm,
-                          latency_s=(self.cfg.latency_ms or 0.0) / 1000, on_sent=self._answer_note_sent)
+                          latency_s=(self.cfg.latency_ms or 0.0) / 1000)
         self._new_timeline()
         self.ports.send_programs()
         self._stop.clear()
@@ -446,6 +447,7 @@ class JamSession(CallResponseMixin, AccompanyMixin):
                 self._answer.add(ev, nid)
             if nid is not None and commit:
                 self._committed.append((ev.time, ev))
+        self._announce_start()  # while an answer is sampled, its first note may already have gone out
 
     def _silence(self) -> None:
         """Release every sounding note now (panic the scheduler), in the roll too."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from musebridge.bridge.scheduler import Scheduler
+from musebridge.bridge.scheduler import Scheduled, Scheduler
 
 from conftest import wait_until
 
@@ -79,8 +79,6 @@ def test_one_owner_knows_a_note_by_one_id_scheduled_sent_released_and_the_roll_r
     try:
         nid = sc.new_note_id()
         sc.tracker.schedule(("piano", 60), nid)
-        from musebridge.bridge.scheduler import Scheduled
-
         sc.push(Scheduled(0.0, 0, "on", 0, 60, 90, nid))
         assert wait_until(lambda: len(sc.tracker) == 1, 3.0)
         [note] = sc.tracker.sounding()
@@ -157,3 +155,21 @@ def test_model_output_notes_reach_the_roll_through_the_tracker_and_panic_ends_th
         assert len(out.scheduler.tracker) == 0 and all(n.off is not None for n in record.roll_snapshot())
     finally:
         out.stop()
+
+
+def test_the_watched_answer_gets_its_note_ons_written_as_they_go_out_and_no_one_elses():
+    from musebridge.bridge.jam_record import LiveAnswer
+
+    sc, sent = scheduler()
+    a = LiveAnswer(5, 0.0, 4.0, time.perf_counter(), {})
+    sc.tracker.watch(a)
+    try:
+        mine = sc.note(0.0, 1.0, 0, 60, 90, tag=5)
+        sc.note(0.5, 1.0, 1, 62, 90, tag=6)
+        assert wait_until(lambda: len(sent) >= 4, 3.0)
+        assert a.sent == {mine} and a.first is not None and abs(a.first[1] - a.first[0]) < 0.5
+        sc.tracker.watch(None)
+        sc.note(1.5, 2.0, 0, 64, 90, tag=5)
+        assert wait_until(lambda: len(sent) >= 6, 3.0) and a.sent == {mine}
+    finally:
+        sc.stop()
