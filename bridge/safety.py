@@ -179,24 +179,6 @@ class NoteTracker:
     def __bool__(self) -> bool:
         return bool(self._notes)
 
-    def observe(self, msg: bytes | bytearray, t: float | None = None) -> None:
-        """Record any raw message we sent: notes, and CC120/123 (which silence a channel)."""
-        key = note_key(msg)
-        if key is not None:
-            ch, pitch, on = key
-            if on:
-                self.note_on(ch, pitch, t)
-            else:
-                self.note_off(ch, pitch)
-        elif len(msg) >= 3 and msg[0] & 0xF0 == CC and msg[1] in (CC_ALL_SOUND_OFF, CC_ALL_NOTES_OFF):
-            ch = msg[0] & 0x0F
-            with self._lock:
-                gone = [n for k in [k for k in self._notes if k[0] == ch] for n in self._notes.pop(k)]
-                for n in gone:
-                    self._keys.pop(n.note_id, None)
-            self._ended(gone)
-            self.channels_used.add(ch)
-
     def sounding(self) -> list[SoundingNote]:
         """The notes sounding now, oldest first."""
         with self._lock:
