@@ -166,7 +166,8 @@ class JamRecord:
                 note.off = beat
 
     def end_open(self, src: str, beat: float) -> None:
-        """Every note of `src` still sounding ends at `beat` (released early: cancel, panic)."""
+        """Every note of `src` written by key (`note`) still sounding ends at `beat` (the app's
+        demo, at its end; the jam's model notes end through the scheduler's tracker)."""
         with self._lock:
             for key in [k for k in self._open if k[0] == src]:
                 note = self._open.pop(key)
