@@ -174,3 +174,25 @@ def test_what_was_heard_is_kept_until_a_note_is_played_or_leaves_the_window():
     prof.observe(NoteOn(25.0, "piano", 61, 90))
     prof.observe(NoteOff(25.5, "piano", 61))
     assert prof.heard(25.5) is not later
+
+
+def test_a_part_the_player_did_not_play_joins_on_top_of_their_density():
+    """A bass pushed in by its strength is not counted against the piano player's
+    density, nor held back by it: only the families they play keep to their rate."""
+    from musebridge.engine.decode.row_decoder import RowDecoder
+    from musebridge.engine.decode.sampling import Grammar, LogitShaper
+
+    v = Vocabulary()
+    heard = PlayerProfile.of_piece(scale_phrase()).heard(16.0)
+    shaper = LogitShaper(v, SamplingControls(seed=0, strengths={"bass": 1.0}))
+    row = RowDecoder(v, shaper, Grammar(v), np.random.default_rng(0), heard=heard)
+    bass = v.family_index["bass"]
+    for tick in range(0, 8 * 12, 3):  # 2 beats of bass 16ths and a piano note a beat
+        row.feed(v.note(bass, 40 + tick % 12, 5))
+        row.feed(v.note(bass, 40 + tick % 12, 0))
+        if tick % 12 == 0:
+            row.feed(v.note(v.family_index["piano"], 60, 5))
+        row.feed(v.wait(3))
+    shift, applies = row._density_shift()
+    assert shift > 0  # one piano note a beat is below the player's rate: piano is pushed up
+    assert applies[v.note(v.family_index["piano"], 60, 5)] and not applies[v.note(bass, 40, 5)]

@@ -39,7 +39,7 @@ class RowDecoder:
         self.grid_offset = grid_offset  # the grid is read on the beat: the beat tick this row's tick 0 falls on
         self._follow_controls()
         self.held: dict[tuple[int, int], int] = dict(held or {})  # (family, pitch) -> onset tick
-        self.onsets: list[float] = []
+        self.onsets: list[tuple[float, bool]] = []  # (time, of a family the player plays)
         self.window = DENSITY_WINDOW_BEATS if vocab.config.time_mode == "beats" else 1.0
         self.start_time = self.dec.time
 
@@ -61,14 +61,17 @@ class RowDecoder:
     def time(self) -> float:
         return self.dec.time
 
-    def _density_shift(self) -> float:
+    def _density_shift(self) -> tuple[float, np.ndarray]:
+        """The density rule's logit and the note-ons it applies to: an explicit `density`
+        counts every note; the player's own (texture) counts the families they play."""
         now = self.dec.time
-        self.onsets = [t for t in self.onsets if t > now - self.window]
-        elapsed = now - self.start_time
-        rate = len(self.onsets) / self.window if elapsed >= self.window else None
+        self.onsets = [o for o in self.onsets if o[0] > now - self.window]
+        if now - self.start_time < self.window:
+            return 0.0, self.follow.on_mask
         if self.shaper.controls.density is None and self.follow.target_density is not None:  # the player's own
-            return self.follow.density_weight * density_shift(self.follow.target_density, rate)
-        return self.shaper.density_bias(rate)
+            rate = sum(counted for _, counted in self.onsets) / self.window
+            return self.follow.density_weight * density_shift(self.follow.target_density, rate), self.follow.counted
+        return self.shaper.density_bias(len(self.onsets) / self.window), self.follow.on_mask
 
     def sample(self, logits: np.ndarray, extra: np.ndarray | None = None) -> int:
         """The next token under controls, grammar, density, follow biases and `extra`."""
@@ -78,9 +81,12 @@ class RowDecoder:
         x = logits.astype(np.float64) / c.temperature + self.static + self.grammar.mask
         if extra is not None:
             x += extra
-        shift = self._density_shift() + self.follow.note_on_shift(self.dec.tick + self.grid_offset)
-        if shift:
-            x += shift * self.follow.on_mask
+        density, applies_to = self._density_shift()
+        if density:
+            x += density * applies_to
+        groove = self.follow.note_on_shift(self.dec.tick + self.grid_offset)
+        if groove:
+            x += groove * self.follow.on_mask
         self.follow.texture(x, self.dec.tick, self.held)
         return sample_logits(x, c.top_k, c.top_p, self.rng, c.min_p)
 
@@ -92,7 +98,7 @@ class RowDecoder:
         if v.kind[token] == NOTE:
             key = (int(v.family[token]), int(v.pitch[token]))
             if v.vbin[token] > 0:
-                self.onsets.append(self.dec.time)
+                self.onsets.append((self.dec.time, bool(self.follow.counted[token])))
                 if v.has_note_off(key[0]):
                     self.held[key] = self.dec.tick
             else:
