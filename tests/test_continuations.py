@@ -147,3 +147,19 @@ def test_an_answer_the_output_guard_stops_is_counted_and_the_run_goes_on(folder)
     assert result["medians"]["broken"]["all"]["errors"] == 3 and result["medians"]["ngram"]["all"]["errors"] == 0
     assert result["groups"]["ngram"]["all"]["prompts"] == 3
     assert "errors" in table(result)
+
+
+def test_roll_sheet_draws_each_systems_first_seed_when_several_ran(folder, tmp_path):
+    """With --seeds 0,1 the answers are `model@0`, `model@1`: the sheet must still have
+    the model's column (it once showed prompt, repeat and real alone)."""
+    from musebridge.engine.decode.continuation_bench import _first_answer
+
+    v = Vocabulary()
+    cases = cases_from_folder(folder)
+    train = np.concatenate([encode_piece(song(t, 16), v) for t in range(12)])
+    run(cases, {"ngram": NGramRuntime(NGramModel(len(v)).fit(train), v)}, answer_bars=2, seeds=(0, 1))
+    assert all(_first_answer(c, "ngram") is c.answers["ngram@0"] for c in cases)
+    roll_sheet(cases, tmp_path / "rolls.png", ("ngram", "real"))
+    import matplotlib.image
+
+    assert matplotlib.image.imread(tmp_path / "rolls.png").shape[1] > 3 * 3.2 * 110 * 0.9  # three columns wide

@@ -231,6 +231,13 @@ def require_matplotlib() -> None:
         raise MuseBridgeError("the piano-roll sheet needs matplotlib: pip install matplotlib (or leave out --png)")
 
 
+def _first_answer(case: Case, system: str) -> list[Note] | None:
+    """A system's answer to draw: its only one, or its first seed's (`system@seed`)."""
+    if system in case.answers:
+        return case.answers[system]
+    return next((notes for key, notes in case.answers.items() if key.split("@")[0] == system), None)
+
+
 def roll_sheet(cases: list[Case], path: str | Path, systems: tuple[str, ...] = ("model", "real"), n: int = 6) -> Path:
     """A PNG of piano rolls, one row per case: prompt | each system's answer (real last)."""
     require_matplotlib()
@@ -244,14 +251,14 @@ def roll_sheet(cases: list[Case], path: str | Path, systems: tuple[str, ...] = (
 
     colours = {f.name: plt.get_cmap("tab20")(i % 20) for i, f in enumerate(FAMILIES)}
     shown = cases[:n]
-    cols = ["prompt", *[s for s in systems if all(s in c.answers for c in shown)]]
+    cols = ["prompt", *[s for s in systems if all(_first_answer(c, s) is not None for c in shown)]]
     fig, axes = plt.subplots(len(shown), len(cols), figsize=(3.2 * len(cols), 1.9 * len(shown)), squeeze=False)
     for r, case in enumerate(shown):
-        pitches = [n.pitch for n in case.prompt.notes] + [n.pitch for c in cols[1:] for n in case.answers[c]]
+        pitches = [n.pitch for n in case.prompt.notes] + [n.pitch for c in cols[1:] for n in _first_answer(case, c)]
         lo, hi = min(pitches, default=48) - 2, max(pitches, default=72) + 2
         for c, col in enumerate(cols):
             ax = axes[r][c]
-            notes = case.prompt.notes if col == "prompt" else case.answers[col]
+            notes = case.prompt.notes if col == "prompt" else _first_answer(case, col)
             length = max(case.prompt.end if col == "prompt" else 0.0, 4 * case.bar)
             for note in notes:
                 ax.add_patch(Rectangle((note.start, note.pitch - 0.4), max(note.duration, 0.05), 0.8,
