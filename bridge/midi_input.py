@@ -68,6 +68,7 @@ class ArrivalClock:
 # 30 s of such a flood with our polling thread stalled.
 QUEUE_SIZE = 65536
 POLL_S = 0.0005  # the polling thread's sleep when rtmidi has nothing
+CLOSE_WAIT_S = 10.0  # how long close waits for the poller to leave rtmidi before freeing it
 UNSTICK_S = 0.005  # nothing from the driver this long: send RESET_SYSEX (see _SysexReset)
 
 
@@ -238,7 +239,14 @@ class MidiInput(_Port):
         self._polling.clear()
         poller = getattr(self, "_poller", None)
         if poller is not None and poller.is_alive() and poller is not threading.current_thread():
-            poller.join(timeout=1.0)
+            # The poller may be inside rtmidi (or a slow callback) right now: freeing the
+            # clients under it crashed the process (a segfault in a loaded test run, when
+            # a 1 s join timed out). Wait for it; if it never comes back, leave the clients
+            # to the process's exit: a leaked client beats a crash.
+            poller.join(timeout=CLOSE_WAIT_S)
+            if poller.is_alive():
+                self.last_error = f"input poller still busy after {CLOSE_WAIT_S:.0f} s; its port is left open"
+                return
         reset, self._reset = getattr(self, "_reset", None), None
         try:
             super().close()

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from click.testing import CliRunner
 
+from conftest import wait_until
 from musebridge.bridge import midi_input as input_mod
 from musebridge.bridge import midi_system as system_mod
 from musebridge.bridge import ports as ports_mod
@@ -437,3 +438,26 @@ def test_jack_server_that_cannot_start_is_a_one_line_error():
         JackServer("mb_false", jackd="false").start()
     with pytest.raises(MuseBridgeError, match="not found: install JACK"):
         JackServer("mb_x", jackd="no-such-jackd").start()
+
+
+def test_close_waits_for_a_poller_still_in_a_slow_callback(jack_server):
+    """Closing frees rtmidi's clients: never while the poller is still using them (a
+    callback held up past the old 1 s join crashed the process under load)."""
+    import threading
+    import time
+
+    entered = threading.Event()
+
+    def slow(msg, t):
+        entered.set()
+        time.sleep(1.5)
+
+    with MidiOutput(client_name="slowcb out") as out:
+        inp = MidiInput("slowcb out:MuseBridge Out", callback=slow, client_name="slowcb in")
+        try:
+            assert wait_until(inp.connected, 5.0)
+            out.send(b"\x90\x3c\x40")
+            assert entered.wait(5.0)
+        finally:
+            inp.close()
+        assert not inp._poller.is_alive()  # it left rtmidi before the clients were freed
