@@ -65,6 +65,14 @@ class Counts:
     answers: int = 0  # answers played to their end
 
 
+@dataclass(frozen=True)
+class Health:
+    """What the app's status bar and meter show of the ports and the output (`JamSession.health`)."""
+
+    input_dropped: int  # garbage, sysex and queue overflows the input threw away
+    send_jitter_p99_ms: float | None  # how late the scheduler's sends were (None before any)
+
+
 class JamSession(CallResponseMixin, AccompanyMixin):
     """Ports + clock + timeline + scheduler. `start()`, then play; `stop()` always releases."""
 
@@ -233,6 +241,12 @@ class JamSession(CallResponseMixin, AccompanyMixin):
         return {"jitter": sc, **self.record.stats(), "counters": asdict(self.counts()),
                 "answers": len(self.record.answers()), "input_dropped": self.ports.dropped.as_dict(),
                 "lost_ports": sorted(self.ports.lost)}
+
+    def health(self) -> Health:
+        """Input drops and send jitter, read without reaching into ports or scheduler."""
+        sc = self.output.scheduler
+        jitter = sc.jitter_stats()["p99_ms"] if sc is not None and sc.sent else None
+        return Health(self.ports.dropped.total, jitter)
 
     def counts(self) -> Counts:
         """What came in (notes, ignored messages, our own echoes) and answers played to their end."""

@@ -31,12 +31,7 @@ class LatencyPanelMixin:
     def meter_numbers(self) -> dict:
         s = self.session
         rec = s.record
-        jit = None
-        if s.output.scheduler is not None:
-            try:
-                jit = s.output.scheduler.jitter_stats().get("p99_ms")
-            except Exception:
-                jit = None
+        jit = s.health().send_jitter_p99_ms
         return {"phrase_to_note_ms": list(rec.phrase_to_note_ms), "first_token_ms": list(rec.first_token_ms),
                 "tokens_per_s": list(rec.tokens_per_s), "realtime_x": list(rec.realtime_x),
                 "backend": self.backend, "jitter_p99_ms": jit}

@@ -454,7 +454,7 @@ class MainWindow(PortsPanelMixin, GenerationPanelMixin, LatencyPanelMixin, Clips
         problems = [p for p in (self.error, self.port_problem) if p]
         self.st_error.setText("  ·  ".join(problems))
         text = f"{s.counts().notes_in} notes in · {len(s.record.answers())} answers"
-        dropped = s.ports.dropped.total  # garbage, sysex and queue overflows the input threw away
+        dropped = s.health().input_dropped
         if dropped:
             text += f" · {dropped} input message{'s' if dropped != 1 else ''} dropped"
         self.st_state.setText(text)

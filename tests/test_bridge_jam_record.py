@@ -86,3 +86,15 @@ def test_figures_are_percentiles_of_what_was_measured():
     assert st["throughput"] == {"tokens_per_s": {"p50": 200.0, "p99": 200.0, "n": 1},
                                 "realtime_x": {"p50": 4.0, "p99": 4.0, "n": 1}}
     assert r.figures_seen() == 4
+
+
+def test_the_app_reads_input_drops_and_send_jitter_from_the_session_not_its_parts():
+    """`health()` is what the status bar and the meter show: the input's drop count and
+    the scheduler's jitter, as one typed record (the GUI never reaches into ports)."""
+    from musebridge.bridge.config import JamConfig
+    from musebridge.bridge.session import Health, JamSession
+
+    s = JamSession(JamConfig(), ports=False)
+    assert s.health() == Health(input_dropped=0, send_jitter_p99_ms=None)
+    s.ports.dropped.sysex += 2
+    assert s.health().input_dropped == 2
