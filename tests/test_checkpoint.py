@@ -262,6 +262,38 @@ def test_save_and_pack_record_the_checksum(tiny, tmp_path):
     assert packed["info"][CHECKSUM_KEY] != cfg["info"][CHECKSUM_KEY]  # fp16 weights: another file
 
 
+def test_a_failed_pack_leaves_the_model_that_was_there_and_files_are_readable_by_all(tiny, tmp_path, capsys, monkeypatch):
+    """Packing over a model folder (the shipped one) on a full disk must not destroy it, and
+    what a pack writes is readable like any file (safetensors alone wrote weights 0600)."""
+    import errno
+
+    import safetensors.torch
+
+    out = tmp_path / "packed"
+    assert main(["pack", "--model", str(tiny), "--out", str(out)]) == 0
+    from musebridge.engine.training.critic import load_classifier, save_classifier
+
+    save_classifier(out / "critic", *load_classifier(DEFAULT_MODEL / "critic"), half=True)
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    assert {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in files} == {
+        "model.safetensors": 0o644, "config.json": 0o644, "vocab.json": 0o644, "critic/classifier.safetensors": 0o644,
+        "critic/classifier.json": 0o644, "critic/vocab.json": 0o644}
+    before = {p: p.read_bytes() for p in files}
+    real = safetensors.torch.save_file
+
+    def full_disk(state, path, metadata=None):
+        real(state, path, metadata)
+        with open(path, "r+b") as f:
+            f.truncate(100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    assert main(["pack", "--model", str(tiny), "--out", str(out)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "model.safetensors" in err and "disk space" in err
+    assert {p: p.read_bytes() for p in sorted(q for q in out.rglob("*") if q.is_file())} == before  # whole, no temp left
+
+
 # --- values ----------------------------------------------------------------------------------
 
 GENERATE_VALUES = [("--seed", "-1"), ("--seed", str(2**32)), ("--temperature", "nan"), ("--temperature", "0"),

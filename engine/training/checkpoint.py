@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from musebridge.errors import ModelFileError, VocabError
+from musebridge.files import write_atomic
 
 from ..music.features import BEAT_CYCLE, MAX_CHORD, N_PARTS, ticks_per_beat
 from ..music.vocab import Vocabulary, is_real, is_whole
@@ -131,6 +132,9 @@ def save_model(folder: str | Path, model, vocab: Vocabulary, info: dict | None =
     `half` stores fp16 weights (half the size: how the shipped model fits in the repo);
     loading always computes in fp32. The weights' sha256 goes into the config's info, so
     a copy damaged later (a bit flip on a disk, a truncated download) is refused at load.
+    Every file goes through `write_atomic`: a failed write (a full disk while training saves
+    its best model, or while packing over the shipped one) leaves the folder's old files
+    whole, and new files get the usual permissions (safetensors alone writes them 0600).
     """
     from safetensors.torch import save_file
 
@@ -139,12 +143,14 @@ def save_model(folder: str | Path, model, vocab: Vocabulary, info: dict | None =
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "head.weight"}
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": MODEL_FORMAT})
+    weights = folder / "model.safetensors"
+    write_atomic(weights, lambda tmp: save_file(state, tmp, metadata={"format": MODEL_FORMAT}), ModelFileError)
     mcfg = model.cfg.to_dict() if hasattr(model.cfg, "to_dict") else dict(model.cfg)
-    info = {**(info or {}), CHECKSUM_KEY: weights_checksum(folder / "model.safetensors")}
+    info = {**(info or {}), CHECKSUM_KEY: weights_checksum(weights)}
     cfg = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "model": mcfg, "info": info}
-    (folder / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
-    vocab.save(folder / "vocab.json")
+    write_atomic(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=1) + "\n"),
+                 ModelFileError)
+    write_atomic(folder / "vocab.json", vocab.save, ModelFileError)
 
 
 def read_model_config(folder: str | Path) -> dict:

@@ -25,7 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from musebridge.errors import MuseBridgeError
+from musebridge.errors import ModelFileError, MuseBridgeError
+from musebridge.files import write_atomic
 
 from ..decode.critic_score import (BATCH, CLASSIFIER_FORMAT, TRUNK, unusable_classifier, crop_length, prepare, read_classifier,
                            real_scores)
@@ -104,10 +105,12 @@ def save_classifier(folder: str | Path, model: SequenceClassifier, vocab: Vocabu
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k != TRUNK + "head.weight"}
     if half:  # fp16 on disk (the shipped critic), fp32 in memory
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    save_file(state, str(folder / "classifier.safetensors"))
+    # through write_atomic, as the model's files (`checkpoint.save_model`): a failed write
+    # leaves the critic that was there, and the files are readable like any other
+    write_atomic(folder / "classifier.safetensors", lambda tmp: save_file(state, tmp), ModelFileError)
     cfg = {"format": CLASSIFIER_FORMAT, "classes": model.classes, "model": model.cfg.to_dict(), "info": info}
-    (folder / "classifier.json").write_text(json.dumps(cfg, indent=1))
-    vocab.save(folder / "vocab.json")
+    write_atomic(folder / "classifier.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=1)), ModelFileError)
+    write_atomic(folder / "vocab.json", vocab.save, ModelFileError)
 
 
 def load_classifier(folder: str | Path) -> tuple[SequenceClassifier, Vocabulary, dict]:
