@@ -122,9 +122,8 @@ def revoice(tokens: np.ndarray, vocab: Vocabulary, rng: np.random.Generator) -> 
     src = int(rng.choice(movable))
     notes = (kind == NOTE) & (fam == src)
     lo, hi = int(vocab.pitch[tokens[notes]].min()), int(vocab.pitch[tokens[notes]].max())
-    targets = [vocab.family_index[n] for n in REVOICE_FAMILIES if vocab.family_index.get(n) is not None
-               and vocab.family_index[n] not in used
-               and vocab.families[vocab.family_index[n]].low <= lo and hi <= vocab.families[vocab.family_index[n]].high]
+    targets = [fi for fi in (vocab.family_index.get(n) for n in REVOICE_FAMILIES)
+               if fi is not None and fi not in used and vocab.families[fi].low <= lo and hi <= vocab.families[fi].high]
     if not targets:
         return np.array(tokens, copy=True)
     dst = int(rng.choice(targets))
