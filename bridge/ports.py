@@ -265,16 +265,18 @@ class _Port:
 
 
 class MidiOutput(_Port):
-    """A MIDI output. `send` is thread-safe; note messages sent are remembered for
-    `echo_of` (our own notes coming back through a loopback within `echo_window_s`)."""
+    """A MIDI output. `send` is thread-safe; each message sent is told to `echo`, the
+    session's guard (when it has one), so the input can spot our own notes coming back
+    through a loopback. The guard belongs to the session, not the port: a reopened output
+    keeps what it learnt about the loop."""
 
     kind = "output"
     _rt_class = rtmidi.MidiOut
     _default_name = DEFAULT_OUT
 
     def __init__(self, port: str | None = None, *, virtual: bool | None = None, api: str | int = "auto",
-                 client_name: str = CLIENT_NAME, echo_window_s: float = 0.05):
-        self.echo = EchoGuard(echo_window_s)
+                 client_name: str = CLIENT_NAME, echo: EchoGuard | None = None):
+        self.echo = echo
         self.sent = 0
         super().__init__(port, virtual, api, client_name)
 
@@ -286,8 +288,5 @@ class MidiOutput(_Port):
                 raise MuseBridgeError(f"MIDI output {self.name!r} is closed")
             rt.send_message(msg)
             self.sent += 1
-        self.echo.sent(bytes(msg))
-
-    def echo_of(self, msg: bytes, t: float | None = None) -> bool:
-        """True if `msg` is one of our own notes coming back (each sent note excuses one)."""
-        return self.echo.is_echo(msg, t)
+        if self.echo is not None:
+            self.echo.sent(bytes(msg))

@@ -61,6 +61,9 @@ class SessionPorts:
         # what the input threw away (garbage, sysex, rtmidi's queue overflowing): one object
         # for the session, so the counts outlive a reopened input port
         self.dropped = DropCounters()
+        # what the output sent, to spot it coming back through a loopback: the session's, so a
+        # reopened output keeps what it learnt (a proven loop), and the input asks it, not the port
+        self.echo = EchoGuard()
         self.programs: list[bytes] = []  # program changes played to the output whenever it (re)opens
         self.due = _Every(CHECK_S)
         self._report_due = _Every(CHECK_S)
@@ -72,9 +75,9 @@ class SessionPorts:
         from .midi_input import MidiInput
         from .ports import MidiOutput
 
-        self.out = MidiOutput(cfg.out_port, api=cfg.api)
+        self.out = MidiOutput(cfg.out_port, api=cfg.api, echo=self.echo)
         self.inp = MidiInput(cfg.in_port, api=cfg.api, callback=on_midi, dropped=self.dropped)
-        return self.out.echo
+        return self.echo
 
     def send(self, msg: bytes) -> None:
         """Play one message to the output (nowhere without one)."""

@@ -287,13 +287,13 @@ def test_callback_input_and_echo_of_our_own_notes(loop):
     from musebridge.bridge.safety import EchoGuard
 
     out, inp = loop
-    out.echo = EchoGuard(out.echo.window_s)  # as a new session starts: earlier tests never asked about their notes
+    out.echo = guard = EchoGuard()  # a session's own guard, told what the output sends
     seen: list[bytes] = []
     inp.callback = lambda m, t: seen.append(m)
     out.send(b"\x90\x3c\x64")
     assert wait_for(lambda: len(seen) == 1, 2)
-    assert out.echo_of(seen[0])  # our note, back through the loopback
-    assert not out.echo_of(b"\x90\x3e\x64")  # a note we never sent is the player's
+    assert guard.is_echo(seen[0])  # our note, back through the loopback
+    assert not guard.is_echo(b"\x90\x3e\x64")  # a note we never sent is the player's
 
     def boom(m: bytes, t: float) -> None:
         raise RuntimeError("bad listener")

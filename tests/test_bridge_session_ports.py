@@ -80,3 +80,32 @@ def test_drops_are_reported_when_they_grow():
     assert sp.dropped_news() == {"total": 2, **sp.dropped.as_dict()}
     sp._report_due._next = 0.0
     assert sp.dropped_news() is None  # no more since
+
+
+def test_the_session_owns_the_echo_guard_and_its_output_feeds_it(monkeypatch):
+    """The output tells the session's guard what it sent; the input side asks the guard,
+    never the port, and the guard outlives the ports (a reopened jam keeps a proven loop)."""
+    from types import SimpleNamespace
+
+    from musebridge.bridge import midi_input, ports as ports_mod
+
+    made = []
+
+    class Out(FakePort):
+        def __init__(self, name, api=None, echo=None):
+            super().__init__(name)
+            self.echo = echo
+            made.append(self)
+
+    class In(FakePort):
+        def __init__(self, name, api=None, callback=None, dropped=None):
+            super().__init__(name)
+
+    monkeypatch.setattr(ports_mod, "MidiOutput", Out)
+    monkeypatch.setattr(midi_input, "MidiInput", In)
+    sp = SessionPorts()
+    cfg = SimpleNamespace(out_port="synth:in", in_port="keys:out", api="jack")
+    guard = sp.open(cfg, lambda m, t: None)
+    assert guard is sp.echo and made[0].echo is guard
+    sp.close()
+    assert sp.open(cfg, lambda m, t: None) is guard and made[1].echo is guard
