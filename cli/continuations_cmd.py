@@ -33,6 +33,8 @@ from .options import Checked, decoding_options
 @click.option("--ngram", type=click.Path(), default=None,
               help="An n-gram .npz to sample beside the model (default: DATA/baselines/ngram.npz, if there).")
 @click.option("--backend", type=click.Choice(["auto", *AUTO]), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "int8"]), default="auto", show_default=True,
+              help="ONNX Runtime graphs: auto is the runtime's default on this device; int8 to measure its answers.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write every row and median.")
 @click.option("--png", type=click.Path(dir_okay=False), default=None, help="A sheet of piano rolls: prompt | answers | real.")
 @click.option("--markdown", type=click.Path(dir_okay=False), default=None,
@@ -40,7 +42,7 @@ from .options import Checked, decoding_options
 @click.option("--rolls", type=click.IntRange(1, 40), default=6, show_default=True, help="Prompts on the PNG sheet.")
 @decoding_options
 def continuations(data, midi_dirs, split, sources, prompt_bars, bars, limit, seeds, model_dir, ngram, decoding,
-                  backend, json_out, png, markdown, rolls) -> None:
+                  backend, dtype, json_out, png, markdown, rolls) -> None:
     """Continue real prompts and measure the answers beside the real next bars."""
     from musebridge.engine.decode.backends import open_runtime
     from musebridge.engine.training.baselines import NGramModel, NGramRuntime
@@ -66,7 +68,9 @@ def continuations(data, midi_dirs, split, sources, prompt_bars, bars, limit, see
     cases = cases[:limit]
     if not cases:
         raise MuseBridgeError(f"no usable prompts: need pieces with {prompt_bars + bars} bars of notes")
-    runtime = open_runtime(model_dir, backend)
+    if dtype != "auto" and backend == "torch":
+        raise click.UsageError("--dtype picks ONNX Runtime graphs; use it with --backend onnxruntime (or auto)")
+    runtime = open_runtime(model_dir, backend, dtype=None if dtype == "auto" else dtype)
     systems = {"model": runtime}
     ngram_path = Path(ngram) if ngram else (Path(data) / "baselines" / "ngram.npz" if data else None)
     if ngram_path is not None and ngram_path.is_file():
@@ -82,6 +86,7 @@ def continuations(data, midi_dirs, split, sources, prompt_bars, bars, limit, see
     result = run(cases, systems, bars, controls, seed_list, progress)
     result["settings"] = {"prompt_bars": prompt_bars, "bars": bars, "seeds": list(seed_list), **decoding,
                           "model": str(model_dir or "default"), "backend": runtime.name,
+                          "dtype": dtype,
                           "split": split if data else None, "midi": list(midi_dirs)}
     click.echo(table(result))
     groups = [g for g in result["groups"]["real"] if g != "all"]

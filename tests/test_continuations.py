@@ -117,6 +117,21 @@ def test_command_says_what_is_missing(tmp_path, capsys):
     assert main(["continuations", "--midi", str(tmp_path), "--seeds", "a,b"]) == 2
 
 
+def test_command_measures_int8_graphs_on_asking(folder, tiny, tmp_path, capsys):
+    """--dtype int8 runs the answers on the int8 graphs (what making them the CPU default is
+    judged by) and says so in the settings; with the torch backend it is a usage error."""
+    from musebridge.cli.main import main
+
+    out = tmp_path / "c.json"
+    assert main(["continuations", "--midi", str(folder), "--bars", "1", "--limit", "1", "--model", str(tiny),
+                 "--backend", "onnxruntime", "--dtype", "int8", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["settings"]["dtype"] == "int8"
+    capsys.readouterr()
+    assert main(["continuations", "--midi", str(folder), "--model", str(tiny), "--backend", "torch",
+                 "--dtype", "int8"]) == 2
+    assert "--dtype" in capsys.readouterr().err
+
+
 def test_cases_from_a_built_data_split(folder, tmp_path):
     from musebridge.engine.decode.continuation_bench import cases_from_split
     from musebridge.engine.data.data_build import build
