@@ -2,16 +2,15 @@
 
 Each backend runs in its own child process (so peak RSS is its own, and the ONNX
 Runtime path never has torch loaded), one after another on the same machine in one
-run; the floor is measured in the same run. Absolute times on a shared machine move by
-tens of percent between runs, so read the ratios.
+run; the floor is measured in the same run, in a child of its own with the same thread
+count. Absolute times on a shared machine move by tens of percent between runs, so read
+the ratios.
 
-Backends: our `onnxruntime`, `torch` (our model, static cache), on a GPU `torch_cuda`
-(the same on CUDA, kernels launched one by one) and `torch_cuda_graphs` (the step
-replayed as one CUDA graph), `tensorrt` (engine built with TensorRT), `torch_eager` (our
-model, whole-prefix recompute with no cache: what a naive loop does) and
-`hf_transformers` (Hugging Face GPT-2 with the same layers, width, heads and vocabulary,
-random weights, decoding with its KV cache: `generate`, and a manual
-`past_key_values` loop).
+Backends here (our runtimes): `onnxruntime` (and `onnxruntime_int8`, its int8 graphs), `torch` (our model, static cache), on a GPU
+`torch_cuda` (the same on CUDA, kernels launched one by one) and `torch_cuda_graphs` (the
+step replayed as one CUDA graph), `tensorrt` (engine built with TensorRT). The peers
+(`--baselines`: PyTorch eager, Hugging Face GPT-2, OpenVINO on our graphs, CTranslate2) live
+in `bench_peers`. Every timed metric is a row with p50, p99 and max (`_row`).
 """
 
 from __future__ import annotations
@@ -28,21 +27,26 @@ import numpy as np
 
 PREFILL = (64, 512, 2048)
 GPU_TORCH = ("torch_cuda", "torch_cuda_graphs")
+ORT_INT8 = "onnxruntime_int8"
 CONTEXTS = (256, 1024, 4096)
 STEPS = 48
+FLOOR = "floor"  # the child's first argument that measures the floor instead of a backend
 
 
-def _pcts(ms: list[float]) -> tuple[float, float]:
+def _pcts(ms: list[float]) -> tuple[float, float, float]:
+    """p50, p99 and max: p99 of 40 samples is nearly the max, so the max is there to show a stall."""
     a = np.array(ms, float)
-    return float(np.percentile(a, 50)), float(np.percentile(a, 99))
+    return float(np.percentile(a, 50)), float(np.percentile(a, 99)), float(a.max())
 
 
 def _row(backend: str, metric: str, n: int, ms: list[float] | float, unit: str = "ms") -> dict:
+    """One report row; a single figure (a ratio, a peak, a net average) is its own p50, p99 and max."""
     if isinstance(ms, list):
-        p50, p99 = _pcts(ms)
+        p50, p99, top = _pcts(ms)
     else:
-        p50 = p99 = float(ms)
-    return {"backend": backend, "metric": metric, "context_or_tokens": n, "p50": round(p50, 4), "p99": round(p99, 4), "unit": unit}
+        p50 = p99 = top = float(ms)
+    return {"backend": backend, "metric": metric, "context_or_tokens": n, "p50": round(p50, 4), "p99": round(p99, 4),
+            "max": round(top, 4), "unit": unit}
 
 
 def _prompt_tokens(vocab, n: int, seed: int = 0) -> list[int]:
@@ -63,19 +67,28 @@ def _prompt_tokens(vocab, n: int, seed: int = 0) -> list[int]:
 
 # --- one backend, in a child process ----------------------------------------------------------------
 def run_backend(backend: str, model_dir: str | None, threads: int) -> list[dict]:
-    if backend == "hf_transformers":
-        return _run_hf(model_dir, threads)
+    """Every row of one backend (ours here, a peer's in `bench_peers`)."""
+    from .bench_peers import PEERS, run_peer
+
+    if backend in PEERS:
+        return run_peer(backend, model_dir, threads)
     from .backends import open_runtime
     from ..training.checkpoint import DEFAULT_MODEL, load_vocab
 
     vocab = load_vocab(model_dir or DEFAULT_MODEL)
-    if backend == "torch_eager":
-        return _run_eager(model_dir, threads)
     if backend in GPU_TORCH:  # our torch runtime on CUDA, the step as kernels one by one or one CUDA graph
         rt = open_runtime(model_dir, "torch", device="cuda")
         rt.cuda_graphs = backend == "torch_cuda_graphs"
+    elif backend == ORT_INT8:  # our int8 graphs (u8 weights, `musebridge export --dtype int8`): beside the int8 peers
+        rt = open_runtime(model_dir, "onnxruntime", threads=threads, dtype="int8")
     else:
         rt = open_runtime(model_dir, backend, threads=threads)
+    return runtime_rows(backend, rt, vocab)
+
+
+def runtime_rows(backend: str, rt, vocab) -> list[dict]:
+    """Prefill, decode step per context, note append, first token, one sample, realtime factor and
+    peak RSS of a `CachedRuntime` (ours, or a peer's running our graphs)."""
     rows: list[dict] = []
     long = _prompt_tokens(vocab, 4096)
     for n in [n for n in PREFILL if n <= rt.context]:
@@ -168,86 +181,22 @@ def _realtime(backend: str, rt, vocab, long: list[int]) -> dict:
     return _row(backend, "realtime_factor", len(rows[0]), musical / wall, "x")
 
 
-def _run_eager(model_dir: str | None, threads: int) -> list[dict]:
-    """Our model in plain PyTorch with no cache: each token recomputes the whole prefix."""
-    import torch
-
-    from ..training.checkpoint import load_model
-    from ..music.features import features
-
-    torch.set_num_threads(threads)
-    model, vocab, _ = load_model(model_dir)
-    model.eval()
-    long = _prompt_tokens(vocab, 4096)
-    rows = []
-    with torch.inference_mode():
-        # no cache: a prompt is one forward pass, and so is every decode step at context c
-        for metric, sizes, runs in (("prefill_ms", PREFILL, 4), ("decode_step_ms", CONTEXTS, 5)):
-            for n in [n for n in sizes if n <= model.cfg.context]:
-                toks = np.array(long[:n])
-                t, f = torch.from_numpy(toks)[None], torch.from_numpy(features(toks, vocab))[None]
-                ms = [_timed(model, t, f) * 1e3 for _ in range(runs)]
-                rows.append(_row("torch_eager", metric, n, ms[1:]))
-    rows.append(_row("torch_eager", "peak_rss_mb", 0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "MB"))
-    return rows
-
-
-def _run_hf(model_dir: str | None, threads: int) -> list[dict]:
-    """GPT-2 of the same shape in Hugging Face transformers, with its own KV cache."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from ..training.checkpoint import DEFAULT_MODEL, read_model_config
-
-    torch.set_num_threads(threads)
-    cfg = read_model_config(model_dir or DEFAULT_MODEL)
-    mc = cfg.get("model", cfg)
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=mc["n_layer"], n_embd=mc["d_model"], n_head=mc["n_head"],
-                                    vocab_size=mc["vocab_size"], n_positions=mc["context"],
-                                    n_inner=mc.get("mlp_ratio", 4) * mc["d_model"], bos_token_id=None,
-                                    eos_token_id=None)).eval()
-    rng = np.random.default_rng(0)
-    long = torch.from_numpy(rng.integers(0, mc["vocab_size"], size=(1, mc["context"])))
-    rows = []
-    name = "hf_transformers"
-    with torch.inference_mode():
-        for n in PREFILL:
-            ms = []
-            for _ in range(5):
-                t0 = time.perf_counter()
-                hf(long[:, :n], use_cache=True)
-                ms.append((time.perf_counter() - t0) * 1e3)
-            rows.append(_row(name, "prefill_ms", n, ms[1:]))
-        for c in CONTEXTS:  # manual past_key_values loop
-            start = min(c, mc["context"] - STEPS - 1) - 1
-            out = hf(long[:, :start], use_cache=True)
-            past = out.past_key_values
-            tok = long[:, start : start + 1]
-            ms = []
-            for i in range(STEPS):
-                t0 = time.perf_counter()
-                out = hf(tok, past_key_values=past, use_cache=True)
-                past = out.past_key_values
-                ms.append((time.perf_counter() - t0) * 1e3)
-            rows.append(_row(name, "decode_step_ms", c, ms[4:]))
-        for c in CONTEXTS:  # generate(): per new token, net of its prefill
-            start = min(c, mc["context"] - STEPS - 1) - 1
-            ids = long[:, :start]
-            kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
-            t0 = time.perf_counter()
-            hf.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)
-            t1 = time.perf_counter()
-            hf.generate(ids, max_new_tokens=STEPS + 1, min_new_tokens=STEPS + 1, **kw)
-            t2 = time.perf_counter()
-            per = ((t2 - t1) - (t1 - t0)) / STEPS * 1e3
-            rows.append(_row(name + "_generate", "decode_step_ms", c, per))
-    rows.append(_row(name, "peak_rss_mb", 0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "MB"))
-    return rows
-
-
 # --- the floor ------------------------------------------------------------------------------------------
+L3_BUFFER = 8 * 1024 * 1024  # copied from, and as much again copied to: well inside a 32 MB L3
+DRAM_BUFFER = 256 * 1024 * 1024  # well past any L3 here
+
+
 def measure_floor(model_dir: str | None) -> dict:
-    """Weights over measured copy bandwidth, and FLOPs over measured matmul throughput."""
+    """The least a decode step can take here: max(FLOPs / matmul peak, weight bytes / the copy
+    bandwidth of the level the weights live in).
+
+    A step reads every fp32 weight once. When they fit in the L3 (the default model's 21 MB do
+    in a 32 MB L3) they stay there from step to step, so DRAM bandwidth would put the floor too
+    low a bar -- a runtime could beat that "floor" without being near the limit. Both copy
+    bandwidths are measured (a buffer inside the L3, many repeats, best of; one well past it)
+    and both floors reported; `floor_step_ms` uses the level the weights live in, and so do the
+    old keys `copy_bandwidth_gb_s` and `bandwidth_floor_ms`. Numpy copies and multiplies on the
+    threads the bench gives each backend (`run` measures this in a child with them)."""
     from ..training.checkpoint import DEFAULT_MODEL, read_model_config
 
     cfg = read_model_config(model_dir or DEFAULT_MODEL)
@@ -256,16 +205,45 @@ def measure_floor(model_dir: str | None) -> dict:
     block = L * (4 * d * d + 2 * mc.get("mlp_ratio", 4) * d * d)
     weights_read = (block + V * d) * 4  # fp32 bytes touched per step: blocks and the tied head
     flops = 2 * (block + V * d)
-    a = np.ones(64 * 1024 * 1024 // 8)  # 64 MB, past the L3
-    b = np.empty_like(a)
-    best = min(_timed(lambda: np.copyto(b, a)) for _ in range(7))
-    bandwidth = 2 * a.nbytes / best  # read + write
+    l3 = cache_size(3)
+    l3_bw = copy_bandwidth(min(L3_BUFFER, l3 // 4) if l3 else L3_BUFFER, 200)
+    dram_bw = copy_bandwidth(DRAM_BUFFER, 5)
     m = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
-    bestm = min(_timed(lambda: m @ m) for _ in range(7))
-    peak = 2 * 1024**3 / bestm
-    return {"weights_bytes_per_step": weights_read, "flops_per_step": flops, "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2),
-            "matmul_gflop_s": round(peak / 1e9, 1), "floor_step_ms": round(max(weights_read / bandwidth, flops / peak) * 1e3, 4),
-            "bandwidth_floor_ms": round(weights_read / bandwidth * 1e3, 4), "compute_floor_ms": round(flops / peak * 1e3, 4)}
+    peak = 2 * 1024**3 / min(_timed(lambda: m @ m) for _ in range(7))
+    lives_in = "L3" if l3 and weights_read <= l3 else "DRAM"
+    bandwidth = l3_bw if lives_in == "L3" else dram_bw
+    ms = {"l3": weights_read / l3_bw * 1e3, "dram": weights_read / dram_bw * 1e3, "compute": flops / peak * 1e3}
+    return {"weights_bytes_per_step": weights_read, "flops_per_step": flops, "matmul_gflop_s": round(peak / 1e9, 1),
+            "l3_bytes": l3, "weights_live_in": lives_in,
+            "l3_copy_bandwidth_gb_s": round(l3_bw / 1e9, 2), "dram_copy_bandwidth_gb_s": round(dram_bw / 1e9, 2),
+            "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2),
+            "l3_floor_ms": round(ms["l3"], 4), "dram_floor_ms": round(ms["dram"], 4),
+            "compute_floor_ms": round(ms["compute"], 4), "bandwidth_floor_ms": round(weights_read / bandwidth * 1e3, 4),
+            "floor_step_ms": round(max(weights_read / bandwidth * 1e3, ms["compute"]), 4)}
+
+
+def copy_bandwidth(nbytes: int, repeats: int) -> float:
+    """Bytes per second moved (read + write) by the fastest of `repeats` copies of an nbytes buffer."""
+    a = np.ones(max(1, nbytes // 8))
+    b = np.empty_like(a)
+    np.copyto(b, a)  # pages touched, and a small buffer brought into the cache
+    return 2 * a.nbytes / min(_timed(np.copyto, b, a) for _ in range(repeats))
+
+
+def cache_size(level: int, cpu: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int | None:
+    """Bytes of the data (or unified) CPU cache of `level` as sysfs tells it, None when it does not."""
+    for index in sorted(cpu.glob("index*")):
+        try:
+            if int((index / "level").read_text()) != level or (index / "type").read_text().strip() == "Instruction":
+                continue
+            size = (index / "size").read_text().strip().upper()
+        except (OSError, ValueError):
+            continue
+        scale = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(size[-1:], 1)
+        digits = size.rstrip("KMGB")
+        if digits.isdigit():
+            return int(digits) * scale
+    return None
 
 
 def _timed(fn, *args) -> float:
@@ -275,16 +253,22 @@ def _timed(fn, *args) -> float:
 
 
 # --- driver ------------------------------------------------------------------------------------------------
+OURS_NEED = {"onnxruntime": ("onnxruntime",), ORT_INT8: ("onnxruntime",), "torch": ("torch",), "tensorrt": ("tensorrt",), "torch_cuda": ("torch",),
+             "torch_cuda_graphs": ("torch",)}
+
+
 def available(backends: list[str]) -> dict[str, str]:
-    """{backend: why it cannot run here} for those of `backends` that cannot."""
+    """{backend: why it cannot run here} for those of `backends` that cannot (one line each)."""
     import importlib.util
+
+    from .bench_peers import PEERS
 
     why = {}
     for b in backends:
-        mod = {"onnxruntime": "onnxruntime", "torch": "torch", "torch_eager": "torch", "hf_transformers": "transformers",
-               "tensorrt": "tensorrt", "torch_cuda": "torch", "torch_cuda_graphs": "torch"}.get(b)
-        if mod is None or importlib.util.find_spec(mod) is None:
-            why[b] = "not installed"
+        mods = {**OURS_NEED, **PEERS}.get(b)
+        missing = [m for m in mods or () if importlib.util.find_spec(m) is None]
+        if mods is None or missing:
+            why[b] = f"not installed ({', '.join(missing)})" if missing else "not installed"
         elif b in GPU_TORCH or b == "tensorrt":
             from .backends import available_backends
 
@@ -301,18 +285,32 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _child(args: list[str], threads: int) -> tuple[object, str]:
+    """(the JSON on the last line of this module run as a child with `args`, "") or (None, its
+    error's last line): each backend, and the floor, in a process of its own at `threads`."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "OPENBLAS_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "musebridge.engine.decode.bench", *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        return None, (p.stderr.strip().splitlines() or ["failed"])[-1][:300]
+    return json.loads(p.stdout.strip().splitlines()[-1]), ""
+
+
 def run(model_dir: str | None, backends: list[str], threads: int, progress=lambda s: None) -> dict:
     results, skipped = [], {}
     for b in backends:
         progress(b)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        cmd = [sys.executable, "-m", "musebridge.engine.decode.bench", b, model_dir or "", str(threads)]
-        p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if p.returncode != 0:
-            skipped[b] = (p.stderr.strip().splitlines() or ["failed"])[-1][:300]
-            continue
-        results += json.loads(p.stdout.strip().splitlines()[-1])
-    return {"machine": _machine(threads), "floor": measure_floor(model_dir), "results": results, "skipped": skipped}
+        rows, why = _child([b, model_dir or "", str(threads)], threads)
+        if rows is None:
+            skipped[b] = why
+        else:
+            results += rows
+    progress("floor")
+    floor, why = _child([FLOOR, model_dir or "", str(threads)], threads)
+    if floor is None:
+        raise RuntimeError(f"measuring the floor failed: {why}")
+    return {"machine": _machine(threads), "floor": floor, "results": results, "skipped": skipped}
 
 
 def _machine(threads: int) -> dict:
@@ -327,18 +325,29 @@ def _machine(threads: int) -> dict:
 
 
 def table(report: dict) -> str:
-    """The results as a text table: one line per (backend, metric, size)."""
-    lines = [f"{'backend':<24}{'metric':<18}{'n':>6}{'p50':>11}{'p99':>11}  unit"]
+    """The results as a text table: one line per (backend, metric, size), then the floor."""
+    lines = [f"{'backend':<26}{'metric':<18}{'n':>6}{'p50':>11}{'p99':>11}{'max':>11}  unit"]
     for r in report["results"]:
-        lines.append(f"{r['backend']:<24}{r['metric']:<18}{r['context_or_tokens']:>6}{r['p50']:>11.3f}{r['p99']:>11.3f}  {r['unit']}")
-    f = report["floor"]
-    lines.append(f"floor: {f['floor_step_ms']:.3f} ms/step ({f['weights_bytes_per_step'] / 1e6:.1f} MB at "
-                 f"{f['copy_bandwidth_gb_s']} GB/s; {f['flops_per_step'] / 1e6:.1f} MFLOP at {f['matmul_gflop_s']} GFLOP/s)")
+        top = r.get("max", r["p99"])
+        lines.append(f"{r['backend']:<26}{r['metric']:<18}{r['context_or_tokens']:>6}{r['p50']:>11.3f}{r['p99']:>11.3f}"
+                     f"{top:>11.3f}  {r['unit']}")
+    lines += floor_lines(report["floor"])
     for b, why in report.get("skipped", {}).items():
         lines.append(f"skipped {b}: {why}")
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # child process: one backend, rows as JSON on the last line
-    backend, model_dir, threads = sys.argv[1], sys.argv[2] or None, int(sys.argv[3])
-    print(json.dumps(run_backend(backend, model_dir, threads)))
+def floor_lines(f: dict) -> list[str]:
+    """The floor, and both bandwidth floors it was chosen from, as text."""
+    where = f"fit in the {f['l3_bytes'] / 2**20:.0f} MiB L3" if f["weights_live_in"] == "L3" else "past the L3"
+    return [f"floor: {f['floor_step_ms']:.3f} ms/step = max(compute {f['compute_floor_ms']:.3f} ms: "
+            f"{f['flops_per_step'] / 1e6:.1f} MFLOP at {f['matmul_gflop_s']} GFLOP/s, "
+            f"weights {f['bandwidth_floor_ms']:.3f} ms: {f['weights_bytes_per_step'] / 1e6:.1f} MB ({where}) "
+            f"at {f['copy_bandwidth_gb_s']} GB/s)",
+            f"  weights at the L3's copy bandwidth {f['l3_copy_bandwidth_gb_s']} GB/s: {f['l3_floor_ms']:.3f} ms; "
+            f"at DRAM's {f['dram_copy_bandwidth_gb_s']} GB/s: {f['dram_floor_ms']:.3f} ms"]
+
+
+if __name__ == "__main__":  # child process: one backend's rows (or the floor) as JSON on the last line
+    what, model_dir, threads = sys.argv[1], sys.argv[2] or None, int(sys.argv[3])
+    print(json.dumps(measure_floor(model_dir) if what == FLOOR else run_backend(what, model_dir, threads)))
