@@ -27,10 +27,12 @@ from musebridge.engine.music.events import Event, NoteOff, NoteOn
 from musebridge.engine.decode.runtime import CachedRuntime
 from musebridge.engine.decode.follow import PlayerProfile
 from musebridge.engine.decode.generate import prefix_families
-from musebridge.engine.decode.row_decoder import RowDecoder
 from musebridge.engine.decode.sampling import NEG, Grammar, LogitShaper
 from musebridge.engine.music.tokenizer import StreamEncoder
-from musebridge.engine.music.vocab import NOTE, WAIT, Vocabulary
+from musebridge.engine.music.vocab import WAIT, Vocabulary
+
+from . import speculation
+from .speculation import SPECULATE_BUDGET_S, SPECULATE_TOKENS, AnswerRun, Speculation
 
 # what generate_ranked expects scoring and playing the winner to take, a candidate, until it
 # has timed them (the shipped critic reads a window in 5-20 ms on one thread here)
@@ -69,6 +71,7 @@ class Answer:
     tokens: int = 0
     first_token_s: float | None = None  # wall time from call to the first sampled token
     cancelled: bool = False
+    speculated: int = 0  # of its tokens, those sampled ahead in the silence (bridge/speculation.py)
 
 
 @dataclass
@@ -130,15 +133,35 @@ class Timeline:
         # what a ranked answer cost last time (generate_ranked plans by it): tokens per beat of
         # a candidate, and per candidate the time from the last one to the winner played
         self._cost = {"tokens_per_beat": 32.0, "finish_s": FIRST_FINISH_S}
+        self.speculation: Speculation | None = None  # an answer sampled ahead (bridge/speculation.py)
 
     @property
     def time(self) -> float:
-        """Where the token stream has got to, in beats."""
+        """Where the token stream has got to, in beats (a speculated answer aside: it is not
+        there until `generate` takes it over)."""
+        return self.speculation.beat if self.speculation is not None else self._beat
+
+    @property
+    def _beat(self) -> float:
+        """Where the stream itself is, a speculation included."""
         return self.stream.encoder.tick / self.tpb
+
+    @property
+    def model_sounding(self) -> dict[tuple[str, int], float]:
+        """The notes the model's tokens left open, a speculation aside (as `time`)."""
+        return (self.speculation.stream if self.speculation is not None else self.stream).model_sounding
+
+    def drop_speculation(self) -> None:
+        """Rewind a speculated answer: the stream is as if it had never been sampled. Every
+        change to the stream does this first (the player played on, a rewind, a release)."""
+        if self.speculation is not None:
+            spec, self.speculation = self.speculation, None
+            spec.rewind()
 
     # --- what the player (or already-played model notes) add ---------------------------
     def add(self, events: Iterable[Event], model: bool = False) -> int:
         """Encode events (time order) and append their tokens; returns tokens added."""
+        self.drop_speculation()
         toks: list[int] = []
         for ev in events:
             toks += self.stream.encoder.add(ev)
@@ -155,6 +178,10 @@ class Timeline:
 
     def advance_to(self, beat: float) -> int:
         """Let time pass (a rest) up to `beat`; returns tokens added."""
+        self.drop_speculation()
+        return self._advance_to(beat)
+
+    def _advance_to(self, beat: float) -> int:
         return self._append(self.stream.encoder.advance(max(self.stream.encoder.tick, round(beat * self.tpb))))
 
     def _append(self, toks: list[int]) -> int:
@@ -189,40 +216,19 @@ class Timeline:
         `first_note` makes the answer begin with a note exactly at `start` (no leading
         rest, so an answer "on the next bar" is heard on the bar). `close` releases the
         model's notes at `end`; accompaniment, which goes on, leaves them sounding.
+        A speculated answer (`speculate`) that is this one is taken over, not sampled again:
+        its held events go out at once and sampling goes on from it (bridge/speculation.py).
         """
-        import time as _time
-
-        v = self.vocab
-        t0 = (clock or _time.perf_counter)()
-        ans = Answer()
-        self.advance_to(start)
-        held = {(v.family_index[f], p): round(onset * self.tpb) for (f, p), onset in self.stream.model_sounding.items()}
-        # the one decode step (engine/decode/row_decoder.py): grammar, guard, density and following the player
-        row = RowDecoder(v, shaper, self.stream.grammar, rng, self.profile.heard(self.time), tick=self.stream.encoder.tick,
-                         source=self.rt.source, held=held)
-        end_tick = round(end * self.tpb)
-        next_mark = self.time
-        sampled_note = not first_note
-        while row.tick < end_tick:
-            if cancelled():
-                ans.cancelled = True
-                break
-            if row.tick / self.tpb >= next_mark:
-                self.stream.encoder.advance(row.tick)  # rests sampled since the last event: a mark is at the stream's time
-                self._mark()
-                next_mark += mark_every
-            tok = row.sample(self.stream.logits[0], self._no_end if sampled_note else self._no_wait)
-            if ans.first_token_s is None:
-                ans.first_token_s = (clock or _time.perf_counter)() - t0
-            if v.kind[tok] == WAIT and row.tick + int(v.value[tok]) > end_tick:
-                break  # the model rests past the end: rest until the end
-            if v.kind[tok] == NOTE and v.vbin[tok] > 0:
-                sampled_note = True
-            events = row.feed(tok)  # damaged weights: the guard stops this answer with an error, not a flood
-            self.stream.logits = self.rt.step([tok])
-            ans.tokens += 1
-            for ev in events:
-                self._model_event(ev, ans, emit)
+        clock = clock or time.perf_counter
+        t0 = clock()
+        key = (start, end, first_note, mark_every)
+        run = speculation.resume(self, key, shaper, rng, emit, cancelled, clock, t0)
+        if run is None:
+            self.drop_speculation()
+            run = AnswerRun(self, Answer(), start, end, shaper, rng, first_note, mark_every, clock, t0)
+        while run.step(emit, cancelled):
+            pass
+        ans, row = run.ans, run.row
         self.stream.encoder.advance(row.tick)  # the rests it sampled are in the cache already
         if close and not ans.cancelled:
             self.release_model_notes(end, emit, ans)
@@ -230,11 +236,22 @@ class Timeline:
             self.advance_to(end)
         return ans
 
+    def speculate(self, start: float, end: float, shaper: LogitShaper, rng: np.random.Generator,
+                  first_note: bool = True, mark_every: float = 0.25, tokens: int = SPECULATE_TOKENS,
+                  budget_s: float = SPECULATE_BUDGET_S, clock: Callable[[], float] | None = None) -> None:
+        """Sample ahead, for `budget_s` of this call, the first `tokens` of the answer a
+        `generate(start, end, shaper, rng, ...)` will ask for: during the silence that ends
+        a phrase, so the answer's first token is ready when it is due. `rng` moves on as
+        that answer's would; anything else that touches the stream first rewinds it.
+        """
+        speculation.speculate(self, (start, end, first_note, mark_every), shaper, rng, tokens, budget_s,
+                              clock or time.perf_counter)
+
     def release_model_notes(self, beat: float, emit: Callable[[Event], None] = lambda e: None,
                             ans: Answer | None = None) -> list[Event]:
         """Note-offs (in the token stream too) for every note the model left sounding."""
         self.advance_to(beat)
-        offs = [NoteOff(self.time, f, p) for f, p in sorted(self.stream.model_sounding)]
+        offs = [NoteOff(self._beat, f, p) for f, p in sorted(self.stream.model_sounding)]
         self.add(offs, model=True)
         for ev in offs:
             emit(ev)
@@ -283,7 +300,7 @@ class Timeline:
             ans = self.generate(start, end, shaper, rng, emit, cancelled, first_note, close, mark_every, clock)
             return RankedAnswer(**vars(ans), sample_s=clock() - t0)
         cost, beats = self._cost, max(end - start, 1e-9)
-        self.advance_to(start)
+        self.advance_to(start)  # (ranked answers are not speculated: this rewinds any speculation)
         room = self.rt.make_room(int(2 * cost["tokens_per_beat"] * beats) + 64)  # a slide would void the mark
         if room is not None:
             self.stream.logits = room
@@ -370,16 +387,18 @@ class Timeline:
     # --- taking back what was not played ------------------------------------------------
     def mark(self) -> None:
         """A point `rewind` can come back to (the session marks after the player's notes)."""
+        self.drop_speculation()
         self._mark()
 
     def _mark(self) -> None:
-        self.marks.append(_Mark(self.time, self.rt.mark(), self.stream.copy()))
+        self.marks.append(_Mark(self._beat, self.rt.mark(), self.stream.copy()))
         if len(self.marks) > 512:
             del self.marks[:256]
 
     def rewind(self, beat: float) -> float | None:
         """Back to the latest mark at or before `beat`; returns its beat (None: no such mark,
         or the window slid since -- then nothing changes and the caller keeps going)."""
+        self.drop_speculation()
         while self.marks and self.marks[-1].beat > beat + 1e-9:
             self.marks.pop()
         if not self.marks:
