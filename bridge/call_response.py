@@ -38,18 +38,34 @@ class CallResponseMixin:
             self._answer_now(time.perf_counter(), on=self.cfg.answer_on)
         elif now - self._last_input_beat >= self.cfg.silence_beats / 2:
             self.timeline.listen_ahead(now)  # the phrase is ending: hear it before the answer is due
+            if self.cfg.candidates <= 1:  # (ranked answers sample their candidates when due: not speculated)
+                self._speculate()
+
+    def _speculate(self) -> None:
+        """Sample the answer's first tokens now, in the silence, exactly as `_answer_now` will
+        when it is due (its start line, shaper and generator; bridge/speculation.py): it takes
+        them over then, or -- the player played on, a control or the line changed -- the
+        stream rewinds as if they had never been sampled."""
+        due = self._last_input_beat + self.cfg.silence_beats + self._first_note_margin()
+        start, end = self._answer_span(due, self.cfg.answer_on)
+        shaper = self._current_shaper(self._tag + 1)  # (may reseed the generator, as for that answer)
+        self.timeline.speculate(start, end, shaper, self._rng)
+
+    def _answer_span(self, now: float, on: str) -> tuple[float, float]:
+        """Where an answer due at timeline beat `now` (the first note's margin in) starts
+        and ends: the next bar (or beat) line, or the first after what the stream holds."""
+        bpb = self.cfg.beats_per_bar
+        unit = bpb if on == "bar" else 1.0
+        start = max(next_line(now, unit), line_at_or_after(self.timeline.time, unit))
+        if start - now > unit:  # the timeline ran ahead (e.g. a long answer): next line after it
+            start = line_at_or_after(self.timeline.time, unit)
+        return start, start + self.cfg.bars * bpb
 
     def _answer_now(self, t_end: float, on: str) -> None:
         """The phrase ended at perf time t_end: answer from the next bar (or beat) line."""
         self._cancel_answer()
-        bpb = self.cfg.beats_per_bar
-        unit = bpb if on == "bar" else 1.0
         margin = self._first_note_margin()
-        now = self._song_beat() - self.origin + margin
-        start = max(next_line(now, unit), line_at_or_after(self.timeline.time, unit))
-        if start - now > unit:  # the timeline ran ahead (e.g. a long answer): next line after it
-            start = line_at_or_after(self.timeline.time, unit)
-        end = start + self.cfg.bars * bpb
+        start, end = self._answer_span(self._song_beat() - self.origin + margin, on)
         self._tag += 1
         self._answer = LiveAnswer(self._tag, start, end, t_end, self.controls.to_dict())
         self.output.watch(self._answer)  # the scheduler writes its note-ons into it as they go out
@@ -71,6 +87,8 @@ class CallResponseMixin:
             ans = self.timeline.generate(start, end, self._current_shaper(), self._rng, emit=self._schedule_model,
                                          cancelled=self._halted)
             self._measure(ans, time.perf_counter() - t_gen, end - start)
+        if self._answer is not None:
+            self._answer.speculated = ans.speculated  # (its answer_end says so)
         if ans.first_token_s is not None:
             self.record.first_token_ms.append((t_gen - t_end + ans.first_token_s) * 1000.0)
         if ans.cancelled:
@@ -107,7 +125,7 @@ class CallResponseMixin:
         if notes or not cancelled:  # a cancelled answer that never sounded leaves no take
             self.record.add_answer(AnswerRecord(a.tag, a.start + self.origin, self.cfg.bars, round(self.clock.bpm, 3),
                                                 events, a.controls, self.cfg.style, cancelled, **a.ranking))
-        self.emit("answer_end", tag=a.tag, notes=notes, cancelled=cancelled, **a.ranking)
+        self.emit("answer_end", tag=a.tag, notes=notes, cancelled=cancelled, speculated=a.speculated, **a.ranking)
 
     def _barge_in(self, beat: float) -> None:
         """The player plays over an answer: stop it there and keep what already sounded."""
@@ -137,7 +155,7 @@ class CallResponseMixin:
     def _reset_after_cancel(self) -> None:
         self.output.forget()
         self._pending.clear()
-        if self.timeline is not None and self.timeline.stream.model_sounding:
+        if self.timeline is not None and self.timeline.model_sounding:
             self.timeline.release_model_notes(self.timeline.time)
         self._cancel.clear()
         self.state = "accompanying" if self.mode == "accompany" else "listening"

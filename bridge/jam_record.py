@@ -85,6 +85,7 @@ class LiveAnswer:
     first: tuple[float, float] | None = None  # (due, sent) perf_counter times of its first note-on
     announced: bool = False  # its answer_start said
     ranking: dict = field(default_factory=dict)  # best of N: candidates, score_by, score
+    speculated: int = 0  # its tokens sampled ahead in the phrase-ending silence (bridge/speculation.py)
 
     def add(self, ev: Event, note_id: int) -> None:
         self.events.append(ev)

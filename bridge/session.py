@@ -472,7 +472,8 @@ class JamSession(CallResponseMixin, AccompanyMixin):
         return self._song_beat()
 
     # --- sampling --------------------------------------------------------------------------------
-    def _current_shaper(self) -> LogitShaper:
+    def _current_shaper(self, tag: int | None = None) -> LogitShaper:
+        """The shaper under the controls now (changed: a seeded generator restarts at seed + `tag`)."""
         with self._lock:
             if self._shaper is None or self._controls_changed:
                 if self._shaper is None:
@@ -480,7 +481,7 @@ class JamSession(CallResponseMixin, AccompanyMixin):
                 else:
                     self._shaper.set_controls(self.controls)
                 if self.controls.seed is not None:
-                    self._rng = np.random.default_rng(self.controls.seed + self._tag)
+                    self._rng = np.random.default_rng(self.controls.seed + (self._tag if tag is None else tag))
                 self._controls_changed = False
             return self._shaper
 

@@ -405,3 +405,29 @@ def test_a_ranked_answer_plays_the_critics_pick_on_the_bar(runtime_factory):
     first = min(e.time for e in rec.events)
     assert first + s.origin == pytest.approx(phrase["start_beat"])  # on the bar line it announced
     assert clip_from_answer(rec, 4).critic == end["score"]
+
+
+def test_a_live_answers_first_tokens_come_from_the_speculation_in_the_silence(runtime_factory):
+    """Through real ports: the player's phrase ends, the silence's second half samples the
+    answer ahead, and the answer takes those tokens over (its first token is not sampled
+    after the phrase end); what it reports as first_token_ms is that moment."""
+    cfg = JamConfig(mode="call", bars=0.5, silence_beats=0.75,
+                    controls=SamplingControls(seed=1, strengths={"drums": 0.0}))
+    events: list[dict] = []
+    with JamSession(cfg, runtime=runtime_factory(), listener=events.append) as s:
+        daw = Daw("daw-spec")
+        try:
+            for i in range(3):
+                assert wait_until(lambda: s.state == "listening" and (s.playhead() - s.origin) % 4 < 0.5, 6)
+                daw.note(60 + i, True)
+                time.sleep(0.1)
+                daw.note(60 + i, False)
+                assert wait_until(lambda: sum(e["event"] == "answer_end" for e in events) > i, 6)
+        finally:
+            daw.close()
+    assert s.error is None, s.error
+    starts = [e for e in events if e["event"] == "answer_start"]
+    ends = [e for e in events if e["event"] == "answer_end"]
+    assert len(starts) == len(ends) == 3
+    assert all(e["speculated"] > 0 and not e["cancelled"] for e in ends), ends
+    assert all(e["first_token_ms"] is not None for e in starts)
