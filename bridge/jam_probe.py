@@ -2,7 +2,8 @@
 
 A stand-in DAW (`Daw`: a MIDI clock source, a player, a listener) drives `musebridge jam`
 running as its own process on JACK MIDI ports, exactly as a user runs it, and reports:
-phrase end -> first token ready and -> first note out, where the first note landed
+phrase end -> first token ready (and how many answers had it sampled ahead, in the
+silence) and -> first note out, where the first note landed
 against the bar line it was due on (as the DAW hears it), the jam's own send jitter, and
 the jam process's CPU load. Starts a private JACK server when none is running.
 """
@@ -158,11 +159,13 @@ def probe(answers: int = 30, bpm: float = 120.0, backend: str = "auto", extra: l
         daw.close()
     stopped = next((r for r in log if r["event"] == "stopped"), {})
     starts = [r for r in log if r["event"] == "answer_start"]
+    ends = [r for r in log if r["event"] == "answer_end"]
     return {
         "answers": len(bar_err), "bpm": bpm, "backend": next((r.get("backend") for r in log if r["event"] == "ready"), None),
         "bar_line_error_ms": _pct(bar_err),
         "phrase_end_to_first_token_ms": _pct([r["first_token_ms"] for r in starts if r.get("first_token_ms") is not None] or [0]),
         "phrase_end_to_first_note_ms": _pct(phrase_to_note),
+        "answers_speculated": sum(1 for r in ends if r.get("speculated")),  # first tokens sampled in the silence
         "send_jitter_ms": stopped.get("jitter"),
         "jam_cpu_load_percent_of_one_core": round(100 * cpu, 1),
         "notes_left_sounding_after_sigterm": left,
