@@ -16,7 +16,7 @@ import click
 from musebridge.engine.decode.backends import AUTO
 from musebridge.errors import MuseBridgeError
 from musebridge.files import write_atomic
-from .options import Checked, decoding_options
+from .options import Checked, decoding_options, dtype_option, runtime_dtype
 
 
 @click.command("continuations")
@@ -33,8 +33,7 @@ from .options import Checked, decoding_options
 @click.option("--ngram", type=click.Path(), default=None,
               help="An n-gram .npz to sample beside the model (default: DATA/baselines/ngram.npz, if there).")
 @click.option("--backend", type=click.Choice(["auto", *AUTO]), default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(["auto", "fp32", "int8"]), default="auto", show_default=True,
-              help="ONNX Runtime graphs: auto is the runtime's default on this device; int8 to measure its answers.")
+@dtype_option
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write every row and median.")
 @click.option("--png", type=click.Path(dir_okay=False), default=None, help="A sheet of piano rolls: prompt | answers | real.")
 @click.option("--markdown", type=click.Path(dir_okay=False), default=None,
@@ -68,9 +67,7 @@ def continuations(data, midi_dirs, split, sources, prompt_bars, bars, limit, see
     cases = cases[:limit]
     if not cases:
         raise MuseBridgeError(f"no usable prompts: need pieces with {prompt_bars + bars} bars of notes")
-    if dtype != "auto" and backend == "torch":
-        raise click.UsageError("--dtype picks ONNX Runtime graphs; use it with --backend onnxruntime (or auto)")
-    runtime = open_runtime(model_dir, backend, dtype=None if dtype == "auto" else dtype)
+    runtime = open_runtime(model_dir, backend, dtype=runtime_dtype(dtype, backend))
     systems = {"model": runtime}
     ngram_path = Path(ngram) if ngram else (Path(data) / "baselines" / "ngram.npz" if data else None)
     if ngram_path is not None and ngram_path.is_file():

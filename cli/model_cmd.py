@@ -9,7 +9,7 @@ from rich.console import Console
 
 from musebridge.engine.decode.backends import BACKENDS
 from musebridge.errors import MuseBridgeError
-from .options import Checked, decoding_options
+from .options import Checked, decoding_options, dtype_option, runtime_dtype
 
 
 @click.command()
@@ -197,9 +197,10 @@ def evaluate(data, models, baselines, split, seq_len, json_out, style_classifier
 @click.option("--list-styles", is_flag=True, help="Print the model's style labels and exit.")
 @click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True,
               help="Decoder: auto is onnxruntime when installed, else torch.")
+@dtype_option
 @decoding_options
 def generate(prompt, bars, style, strengths, decoding, key, density, seed, variations, with_prompt,
-             model_dir, critic, out, list_styles, backend) -> None:
+             model_dir, critic, out, list_styles, backend, dtype) -> None:
     """Continue a MIDI prompt with the model and write the result as MIDI."""
     from musebridge.engine.training.checkpoint import load_vocab, DEFAULT_MODEL
     from musebridge.engine.music.events import Piece
@@ -227,7 +228,7 @@ def generate(prompt, bars, style, strengths, decoding, key, density, seed, varia
     ranking = variations > 1 and (critic or (critic_dir / "classifier.json").exists())  # on ONNX Runtime: no torch needed
     if critic or ranking:  # checked before generating, not after minutes of it
         _check_critic(critic_dir, vocab)
-    runtime = open_runtime(folder, backend)
+    runtime = open_runtime(folder, backend, dtype=runtime_dtype(dtype, backend))
     vocab = runtime.vocab
     results = run_generate(runtime, piece, bars, controls, style, variations)
     scores = [None] * len(results)

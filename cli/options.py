@@ -78,3 +78,17 @@ def decoding_options(command: Callable) -> Callable:
         wrapper = click.option(f"--{name.replace('_', '-')}", name, type=Checked(base, f"decode.sampling.{rule}"),
                                default=DECODING_DEFAULTS[name], show_default=True, help=help_text)(wrapper)
     return wrapper
+
+
+def dtype_option(command: Callable) -> Callable:
+    """--dtype: which ONNX Runtime graphs decode. auto is the runtime's default on the device
+    (int8 on a CPU: `ort_runtime.CPU_DTYPE`); fp32 for the float graphs, int8 to ask for them."""
+    return click.option("--dtype", type=click.Choice(["auto", "fp32", "int8"]), default="auto", show_default=True,
+                        help="ONNX Runtime graphs: auto is the default on this device (int8 on a CPU); fp32 or int8.")(command)
+
+
+def runtime_dtype(dtype: str, backend: str) -> str | None:
+    """`open_runtime`'s dtype for --dtype (None: the runtime's default); the torch backend has none."""
+    if dtype != "auto" and backend == "torch":
+        raise click.UsageError("--dtype picks ONNX Runtime graphs; use it with --backend onnxruntime (or auto)")
+    return None if dtype == "auto" else dtype

@@ -48,13 +48,13 @@ def test_bench_writes_every_metric_per_backend_and_says_what_it_skipped(tiny, tm
     monkeypatch.setenv("MUSEBRIDGE_CACHE_DIR", str(tmp_path / "cache"))
     hide(monkeypatch, "ctranslate2")
     out = tmp_path / "bench.json"
-    backends = "onnxruntime,onnxruntime_int8,torch,torch_cuda_graphs,ctranslate2"
+    backends = "onnxruntime,onnxruntime_fp32,onnxruntime_int8,torch,torch_cuda_graphs,ctranslate2"
     r = CliRunner().invoke(cli, ["bench", "--model", str(tiny), "--backends", backends, "--threads", "1", "--json", str(out)])
     assert r.exit_code == 0, r.output
     report = json.loads(out.read_text())
     assert {"floor", "results", "skipped", "machine"} <= report.keys()
     assert report["floor"]["floor_step_ms"] > 0 and report["floor"]["copy_bandwidth_gb_s"] > 0
-    for backend in ("onnxruntime", "onnxruntime_int8", "torch"):
+    for backend in ("onnxruntime", "onnxruntime_fp32", "onnxruntime_int8", "torch"):
         check_rows([x for x in report["results"] if x["backend"] == backend], METRICS)
     if not torch.cuda.is_available():
         assert report["skipped"]["torch_cuda_graphs"] == "no CUDA device"
@@ -98,7 +98,7 @@ def test_openvino_runs_our_graphs_to_the_logits_onnxruntime_gives(tiny, tmp_path
     from musebridge.engine.decode.bench_peers import OvRuntime
 
     monkeypatch.setenv("MUSEBRIDGE_CACHE_DIR", str(tmp_path / "cache"))
-    ov, ort = OvRuntime.open(str(tiny), 1), open_runtime(str(tiny), "onnxruntime", threads=1)
+    ov, ort = OvRuntime.open(str(tiny), 1), open_runtime(str(tiny), "onnxruntime", threads=1, dtype="fp32")
     toks = B._prompt_tokens(ort.vocab, 340)
     calls = [lambda rt: rt.prefill(toks[:300])] + [lambda rt, t=t: rt.step([t]) for t in toks[300:330]]
     calls.append(lambda rt: rt.append(toks[330:340]))
@@ -124,6 +124,9 @@ def test_floor_measures_both_bandwidths_and_uses_the_level_the_weights_live_in(t
     assert f["bandwidth_floor_ms"] == f["dram_floor_ms"] and f["copy_bandwidth_gb_s"] == f["dram_copy_bandwidth_gb_s"]
     lines = B.floor_lines(f)
     assert "past the L3" in lines[0] and "L3's copy bandwidth" in lines[1] and "DRAM's" in lines[1]
+    # int8 weights: a quarter of the bytes, here still past the 1 kB "L3"
+    assert f["int8_floor_ms"] == pytest.approx(f["weights_bytes_per_step"] / 4 / (f["dram_copy_bandwidth_gb_s"] * 1e9) * 1e3,
+                                               rel=0.02) and "int8" in lines[2]
 
 
 def test_cache_size_reads_sysfs(tmp_path):

@@ -25,6 +25,12 @@ from conftest import one_line  # noqa: E402
 BACKENDS = ["torch", "onnxruntime"]
 
 
+def exact(model, backend: str):
+    """A runtime held to torch's numbers: ONNX Runtime's fp32 graphs (its CPU default is int8,
+    held to its own bounds by `test_fp16_and_int8_graphs` and the int8 export test)."""
+    return open_runtime(model, backend, dtype="fp32" if backend == "onnxruntime" else None)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _own_cache(cache_dir):
     """Built graphs go to a temporary cache (conftest's `cache_dir`)."""
@@ -50,7 +56,7 @@ def test_auto_prefers_onnxruntime():
 
 
 def test_logits_match_torch_through_prefill_appends_steps_and_a_slide(tiny):
-    ref, rt = open_runtime(tiny, "torch"), open_runtime(tiny, "onnxruntime")
+    ref, rt = open_runtime(tiny, "torch"), exact(tiny, "onnxruntime")
     toks = _tokens(rt.vocab, 700)
     worst = np.abs(ref.prefill(toks[:100]) - rt.prefill(toks[:100])).max()
     at = 100
@@ -67,7 +73,7 @@ def test_logits_match_torch_through_prefill_appends_steps_and_a_slide(tiny):
 
 
 def test_shipped_model_matches_torch():
-    ref, rt = open_runtime(None, "torch"), open_runtime(None, "onnxruntime")
+    ref, rt = open_runtime(None, "torch"), exact(None, "onnxruntime")
     toks = _tokens(rt.vocab, 300, seed=1)
     worst = np.abs(ref.prefill(toks[:290]) - rt.prefill(toks[:290])).max()  # past 2 windows of 128
     for t in toks[290:]:
@@ -83,7 +89,7 @@ def test_generate_samples_the_same_tokens_on_both_backends(tiny, variations):
     # one more such boundary per token; tests/test_follow.py holds the follow biases' paths)
     outs = {}
     for backend in BACKENDS:
-        rt = open_runtime(tiny, backend)
+        rt = exact(tiny, backend)
         res = generate(rt, _prompt(), bars=2, controls=SamplingControls(seed=11, temperature=1.2, top_p=1.0, follow_key=0.0,
                                                    follow_groove=0.0, follow_texture=0.0), variations=variations)
         outs[backend] = [r.tokens for r in res]
@@ -120,7 +126,7 @@ def test_step_graph_reads_the_cache_by_gather_and_writes_it_once(tiny):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backends_are_interchangeable(tiny, backend):
-    rt = open_runtime(tiny, backend)
+    rt = exact(tiny, backend)
     toks = _tokens(rt.vocab, 120, seed=3)
     first = rt.prefill(toks[:60])
     assert first.shape == (1, len(rt.vocab)) and first.dtype == np.float32
@@ -143,7 +149,7 @@ def test_backends_are_interchangeable(tiny, backend):
 def test_fork_matches_between_backends(tiny):
     outs = []
     for backend in BACKENDS:
-        rt = open_runtime(tiny, backend)
+        rt = exact(tiny, backend)
         rt.prefill(_tokens(rt.vocab, 200, seed=4))
         many = rt.fork(2)
         outs.append([many.step([5, 9]) for _ in range(3)] + [many.append([7, 8])])
@@ -168,6 +174,16 @@ def test_fp16_and_int8_graphs(tiny, tmp_path):
         r = compare(ref, rt, toks, 150, pieces=(37, 5), steps=16)
         assert r["calls"] == 19 and np.isfinite(r["max"])
         assert not misses(r, TARGETS[dtype]), (dtype, misses(r, TARGETS[dtype]))
+
+
+def test_the_cpu_default_is_the_int8_graphs(tiny):
+    """On a CPU the runtime opens the int8 graphs unless fp32 is asked (docs/PERFORMANCE.md: faster a
+    step and the continuation benchmark within seed noise)."""
+    from musebridge.engine.decode.ort_runtime import CPU_DTYPE
+
+    assert CPU_DTYPE == "int8"
+    assert open_runtime(tiny, "onnxruntime", device="cpu").graphs.path == graph_paths(tiny, "int8")["step"].parent
+    assert exact(tiny, "onnxruntime").graphs.path == graph_paths(tiny, "fp32")["step"].parent
 
 
 def test_int8_graphs_have_u8_weights_under_a_new_cache_key(tiny, monkeypatch):
@@ -248,11 +264,13 @@ def test_a_corrupt_graph_is_aone_line(tiny, tmp_path):
     assert "musebridge export" in one_line(e)
 
 
-def test_a_corrupt_cache_entry_is_rebuilt(tiny):
-    paths = graph_paths(tiny)
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_a_corrupt_cache_entry_is_rebuilt(tiny, dtype):
+    paths = graph_paths(tiny, dtype)
     paths["chunk"].write_bytes(b"not a graph")
-    rt = open_runtime(tiny, "onnxruntime")
+    rt = open_runtime(tiny, "onnxruntime", dtype=dtype)
     assert rt.prefill([1, 2, 3]).shape == (1, len(rt.vocab))
+    assert paths["chunk"].read_bytes() != b"not a graph"
 
 
 def test_a_corrupt_model_file_is_aone_line(tiny, tmp_path):
@@ -297,6 +315,7 @@ def test_generate_command_takes_a_backend(tiny, tmp_path, capsys):
     for backend in BACKENDS:
         out = tmp_path / f"{backend}.mid"
         args = ["generate", "--model", str(tiny), "--bars", "1", "--seed", "3", "--backend", backend, "--out", str(out)]
+        args += ["--dtype", "fp32"] if backend == "onnxruntime" else []
         assert main(args) == 0
         assert read_metadata(out)["backend"] == backend
         lines[backend] = capsys.readouterr().out.split(":", 1)[1]

@@ -92,7 +92,7 @@ def open_runtime(model_dir: str | Path | None = None, backend: str = "auto", bat
                  onnx_dir: str | Path | None = None) -> CachedRuntime:
     """A runtime of batch `batch` for a model folder (default: the shipped model).
 
-    dtype: onnxruntime graphs "fp32" (CPU default), "fp16" (GPU default) or "int8"; tensorrt
+    dtype: onnxruntime graphs "int8" (CPU default: `ort_runtime.CPU_DTYPE`), "fp16" (GPU default) or "fp32"; tensorrt
         engines "fp16" (default) or "fp32".
     threads: CPU threads (default: physical cores for onnxruntime, torch's own default).
     device: "cpu"/"cuda" (default: the GPU when the backend has one); onnxruntime also takes
