@@ -431,3 +431,29 @@ def test_a_live_answers_first_tokens_come_from_the_speculation_in_the_silence(ru
     assert len(starts) == len(ends) == 3
     assert all(e["speculated"] > 0 and not e["cancelled"] for e in ends), ends
     assert all(e["first_token_ms"] is not None for e in starts)
+
+
+def test_playing_on_during_the_speculation_rewinds_it_and_the_answer_hears_the_new_note(runtime_factory):
+    """The player plays again while the answer is being sampled ahead: the speculation is
+    rewound (the note goes into the stream as usual), a new one is made after the new note,
+    and the one answer that comes takes that one over."""
+    cfg = JamConfig(mode="call", bars=0.5, silence_beats=2.0,
+                    controls=SamplingControls(seed=1, strengths={"drums": 0.0}))
+    events: list[dict] = []
+    s = JamSession(cfg, runtime=runtime_factory(), listener=events.append, ports=False)
+    s.start()
+    try:
+        s._on_midi(bytes([0x90, 60, 100]), time.perf_counter())
+        s._on_midi(bytes([0x80, 60, 0]), time.perf_counter() + 0.1)
+        assert wait_until(lambda: s.timeline.speculation is not None and s.timeline.speculation.run.ans.tokens, 3)
+        first = s.timeline.speculation
+        s._on_midi(bytes([0x90, 64, 100]), time.perf_counter())
+        assert wait_until(lambda: s.timeline.speculation is not first, 1)
+        s._on_midi(bytes([0x80, 64, 0]), time.perf_counter())
+        assert wait_until(lambda: any(e["event"] == "answer_end" for e in events), 6)
+    finally:
+        s.stop()
+    assert s.error is None, s.error
+    assert len(s.timeline.profile.notes) == 2  # both notes heard, the second after the rewind
+    ends = [e for e in events if e["event"] == "answer_end"]
+    assert [e["event"] for e in events].count("phrase_end") == 1 and ends[0]["speculated"] > 0, ends
