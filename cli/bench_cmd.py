@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
@@ -21,7 +20,7 @@ OURS = ["onnxruntime", "torch", "torch_cuda", "torch_cuda_graphs", "tensorrt"]
               help="Also run the peers: PyTorch eager (no cache), Hugging Face GPT-2, OpenVINO on our graphs, "
                    "CTranslate2 GPT-2 (fp32 and int8; with onnxruntime, whose CPU default is int8, our fp32 graphs "
                    "beside the fp32 peers as onnxruntime_fp32); a peer whose package is missing is skipped.")
-@click.option("--threads", type=int, default=0, help="CPU threads per backend (0: the cores this machine has).")
+@click.option("--threads", type=int, default=0, help="CPU threads per backend (0: ours as they open by default, each peer on every core).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the report here.")
 def bench(model_dir, backends, baselines, threads, json_out) -> None:
     """Prefill, decode step, note append, first token, realtime factor and peak RSS per backend."""
@@ -40,7 +39,6 @@ def bench(model_dir, backends, baselines, threads, json_out) -> None:
     run = [b for b in wanted if b not in missing]
     if not run:
         raise MuseBridgeError(f"none of {', '.join(wanted)} can run here; pip install onnxruntime (or torch)")
-    threads = threads or os.cpu_count() or 1
     report = B.run(model_dir, run, threads, progress=lambda b: click.echo(f"benchmarking {b} ...", err=True))
     report["skipped"].update(missing)
     click.echo(B.table(report))

@@ -68,11 +68,13 @@ def _prompt_tokens(vocab, n: int, seed: int = 0) -> list[int]:
 
 # --- one backend, in a child process ----------------------------------------------------------------
 def run_backend(backend: str, model_dir: str | None, threads: int) -> list[dict]:
-    """Every row of one backend (ours here, a peer's in `bench_peers`)."""
+    """Every row of one backend (ours here, a peer's in `bench_peers`). threads 0: ours as they
+    open by default (ONNX Runtime: the int8 step on one thread, prompts on every core), each
+    peer on every core (`cores()`)."""
     from .bench_peers import PEERS, run_peer
 
     if backend in PEERS:
-        return run_peer(backend, model_dir, threads)
+        return run_peer(backend, model_dir, threads or cores())
     from .backends import open_runtime
     from ..training.checkpoint import DEFAULT_MODEL, load_vocab
 
@@ -81,9 +83,9 @@ def run_backend(backend: str, model_dir: str | None, threads: int) -> list[dict]
         rt = open_runtime(model_dir, "torch", device="cuda")
         rt.cuda_graphs = backend == "torch_cuda_graphs"
     elif backend in ORT_DTYPES:  # fp32 beside the fp32 peers, int8 (u8 weights) beside the int8 ones
-        rt = open_runtime(model_dir, "onnxruntime", threads=threads, dtype=ORT_DTYPES[backend])
+        rt = open_runtime(model_dir, "onnxruntime", threads=threads or None, dtype=ORT_DTYPES[backend])
     else:
-        rt = open_runtime(model_dir, backend, threads=threads)
+        rt = open_runtime(model_dir, backend, threads=threads or None)
     return runtime_rows(backend, rt, vocab)
 
 
@@ -292,8 +294,8 @@ def _cuda() -> bool:
 def _child(args: list[str], threads: int) -> tuple[object, str]:
     """(the JSON on the last line of this module run as a child with `args`, "") or (None, its
     error's last line): each backend, and the floor, in a process of its own at `threads`."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "OPENBLAS_NUM_THREADS": str(threads)}
+    n = str(threads or cores())
+    env = {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n}
     cmd = [sys.executable, "-m", "musebridge.engine.decode.bench", *args]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
@@ -317,6 +319,11 @@ def run(model_dir: str | None, backends: list[str], threads: int, progress=lambd
     return {"machine": _machine(threads), "floor": floor, "results": results, "skipped": skipped}
 
 
+def cores() -> int:
+    """The threads a peer gets when the bench is given none: every core this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _machine(threads: int) -> dict:
     import platform
 
@@ -325,7 +332,7 @@ def _machine(threads: int) -> dict:
         cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "threads": threads, "python": platform.python_version()}
+    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "threads": threads or "default (peers: every core)", "python": platform.python_version()}
 
 
 def table(report: dict) -> str:

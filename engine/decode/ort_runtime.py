@@ -55,6 +55,14 @@ def session_options(threads: int | None = None):
     return so
 
 
+def step_threads(step_path: Path) -> int | None:
+    """Threads for a step graph when none are asked: one for the int8 graphs (`step-int8.onnx`).
+    Their step is too small to split: a second thread gave the same median here and a p99 of 5x
+    it whenever anything else ran, its spin-waiting contending with the jam's own threads
+    (docs/PERFORMANCE.md "Tails"). Prompts (the chunk graph) keep every physical core."""
+    return 1 if step_path.stem.endswith("int8") else None
+
+
 def resolve_providers(device: str | None = None, cache_dir: Path | None = None) -> list:
     """ORT providers for "cpu", "cuda", "tensorrt" or None (CUDA when onnxruntime-gpu has it)."""
     import onnxruntime as ort
@@ -120,7 +128,8 @@ def load_graphs(paths: dict[str, Path], threads: int | None = None, device: str 
     """Open the step and chunk graphs with tuned options; a damaged file is a one-line error."""
     paths = {k: Path(p) for k, p in paths.items()}
     providers = resolve_providers(device, paths["step"].parent)
-    step, chunk = (_session(paths[k], threads, providers) for k in ("step", "chunk"))
+    step = _session(paths["step"], threads or step_threads(paths["step"]), providers)
+    chunk = _session(paths["chunk"], threads, providers)
     cache = {i.name: i for i in step.get_inputs()}["cache"]
     if cache.shape != {i.name: i for i in chunk.get_inputs()}["cache"].shape:
         raise GraphFileError(f"{paths['step']} and {paths['chunk']} belong to different models; export them again")
