@@ -15,7 +15,7 @@ from pathlib import Path
 
 from musebridge.engine.music.vocab import Vocabulary
 
-from .timeline import Candidate
+from .answers import Candidate
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,10 @@ from musebridge.engine.decode.sampling import LogitShaper
 from musebridge.engine.music.events import Event
 from musebridge.engine.music.vocab import NOTE, WAIT
 
+from .answers import Answer
+
 if TYPE_CHECKING:
-    from .timeline import Answer, Timeline
+    from .timeline import Timeline
 
 SPECULATE_TOKENS = 8  # the first tokens are what the answer waits for; the rest it samples as it plays
 SPECULATE_BUDGET_S = 0.002  # sampling per worker wake: input arriving meanwhile waits at most about this
@@ -91,8 +93,6 @@ class Speculation:
     way back: the stream, runtime mark, timeline marks and generator state from before it."""
 
     def __init__(self, tl: "Timeline", key: tuple, shaper: LogitShaper, rng: np.random.Generator):
-        from .timeline import Answer
-
         self.tl, self.key, self.shaper, self.rng = tl, key, shaper, rng
         self.controls = shaper.controls
         self.beat = tl._beat  # where the stream was: what `Timeline.time` says meanwhile

@@ -7,7 +7,7 @@
                       `past_key_values` loop, and `generate` (rows `hf_transformers_generate`)
     openvino          OpenVINO's CPU plugin running OUR step and chunk ONNX graphs (the files
                       ONNX Runtime runs, `decoder_graphs`), through `CachedRuntime`, so it gives
-                      every row our runtimes give (`bench.runtime_rows`)
+                      every row our runtimes give (`bench_rows.runtime_rows`)
     ctranslate2       CTranslate2 running a GPT-2 of the same shape as hf_transformers, converted
                       locally from transformers, fp32 (`ctranslate2_int8`: its int8 weights,
                       speed only -- their accuracy is not checked here)
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench import CONTEXTS, PREFILL, STEPS, _prompt_tokens, _row, _timed, runtime_rows
+from .bench_rows import CONTEXTS, PREFILL, STEPS, _prompt_tokens, _row, _timed, runtime_rows
 from .runtime import CachedRuntime
 
 # each peer -> the packages it imports (`bench.available` says "not installed" when one is missing)
