@@ -198,6 +198,12 @@ def test_the_int8_step_runs_on_one_thread_unless_told(tiny):
     assert threads(open_runtime(tiny, "onnxruntime", device="cpu")) == [1, physical_cores()]
     assert threads(exact(tiny, "onnxruntime")) == [physical_cores()] * 2
     assert threads(open_runtime(tiny, "onnxruntime", threads=3)) == [3, 3]
+    # the chunk graph's pool sleeps between its (long, rare) runs: it never spins beside a step
+    rt = open_runtime(tiny, "onnxruntime")
+    key = "session.intra_op.allow_spinning"
+    assert rt.graphs.chunk.get_session_options().get_session_config_entry(key) == "0"
+    with pytest.raises(RuntimeError, match="does not have"):  # the step: ORT's default (spins)
+        rt.graphs.step.get_session_options().get_session_config_entry(key)
 
 
 def test_int8_graphs_have_u8_weights_under_a_new_cache_key(tiny, monkeypatch):

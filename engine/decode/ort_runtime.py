@@ -42,12 +42,17 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def session_options(threads: int | None = None):
-    """Tuned for batch-1 latency: intra-op threads = physical cores, sequential, all graph optimizations."""
+def session_options(threads: int | None = None, spin: bool = True):
+    """Tuned for batch-1 latency: intra-op threads = physical cores, sequential, all graph
+    optimizations. `spin` False: the pool's threads sleep as soon as a run ends instead of
+    spinning for the next one -- for the chunk graph, whose runs are long and far apart, so its
+    idle threads never take a core from the step that follows (docs/PERFORMANCE.md "Tails")."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or physical_cores()
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -102,7 +107,7 @@ class OrtGraphs:
         return (self.n_layer, 2, batch, self.n_head, self.context, self.head_dim)
 
 
-def ort_session(path: Path, threads: int | None, providers: list):
+def ort_session(path: Path, threads: int | None, providers: list, spin: bool = True):
     """An ONNX Runtime session of a graph file with tuned options; a missing or damaged file
     is a one-line GraphFileError (the decoder's graphs and the critic's open through here)."""
     import onnxruntime as ort
@@ -110,14 +115,14 @@ def ort_session(path: Path, threads: int | None, providers: list):
     if not path.is_file():
         raise GraphFileError(f"{path} not found; write it with musebridge export")
     try:
-        return ort.InferenceSession(str(path), session_options(threads), providers=providers)
+        return ort.InferenceSession(str(path), session_options(threads, spin), providers=providers)
     except Exception as e:  # ORT raises its own classes (InvalidProtobuf, Fail, ...) for damaged files
         msg = str(e).replace("\n", " ").split("] ", 1)[-1][:160]
         raise GraphFileError(f"{path} is not a usable ONNX graph ({msg}); delete it and export or open it again") from None
 
 
-def _session(path: Path, threads: int | None, providers: list):
-    sess = ort_session(path, threads, providers)
+def _session(path: Path, threads: int | None, providers: list, spin: bool = True):
+    sess = ort_session(path, threads, providers, spin)
     names = ({i.name for i in sess.get_inputs()}, {o.name for o in sess.get_outputs()})
     if names != ({"tokens", "feats", "start", "cache"}, {"logits", "cache_out"}):
         raise GraphFileError(f"{path} is not a MuseBridge decoder graph (inputs {sorted(names[0])})")
@@ -129,7 +134,7 @@ def load_graphs(paths: dict[str, Path], threads: int | None = None, device: str 
     paths = {k: Path(p) for k, p in paths.items()}
     providers = resolve_providers(device, paths["step"].parent)
     step = _session(paths["step"], threads or step_threads(paths["step"]), providers)
-    chunk = _session(paths["chunk"], threads, providers)
+    chunk = _session(paths["chunk"], threads, providers, spin=False)
     cache = {i.name: i for i in step.get_inputs()}["cache"]
     if cache.shape != {i.name: i for i in chunk.get_inputs()}["cache"].shape:
         raise GraphFileError(f"{paths['step']} and {paths['chunk']} belong to different models; export them again")
