@@ -37,8 +37,6 @@ def _own_cache(cache_dir):
     return cache_dir
 
 
-
-
 def _copy(tiny: Path, tmp_path: Path) -> Path:
     bad = tmp_path / "bad"
     shutil.copytree(tiny, bad)
