@@ -135,7 +135,7 @@ def _run_hf(model_dir: str | None, threads: int) -> list[dict]:
                 t0 = time.perf_counter()
                 past = hf(tok, past_key_values=past, use_cache=True).past_key_values
                 ms.append((time.perf_counter() - t0) * 1e3)
-            rows.append(_row(name, "decode_step_ms", c, ms[4:]))
+            rows.append(_row(name, "decode_step_ms", c, ms[10:]))
         for c in _sizes(CONTEXTS, mc["context"]):  # generate(): per new token, net of its prefill
             ids = long[:, : _start(c, mc["context"])]
             kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
@@ -205,7 +205,7 @@ def _run_ctranslate2(model_dir: str | None, threads: int, int8: bool) -> list[di
             if len(stamps) != STEPS + 1:
                 raise RuntimeError(f"CTranslate2 generated {len(stamps)} tokens, not {STEPS + 1}")
             ms = list(np.diff(stamps) * 1e3)  # between callbacks: one step each
-            rows.append(_row(name, "decode_step_ms", c, ms[4:]))
+            rows.append(_row(name, "decode_step_ms", c, ms[10:]))
     rows.append(_peak_rss(name))
     return rows
 

@@ -61,11 +61,13 @@ def session_options(threads: int | None = None, spin: bool = True):
 
 
 def step_threads(step_path: Path) -> int | None:
-    """Threads for a step graph when none are asked: one for the int8 graphs (`step-int8.onnx`).
-    Their step is too small to split: a second thread gave the same median here and a p99 of 5x
-    it whenever anything else ran, its spin-waiting contending with the jam's own threads
-    (docs/PERFORMANCE.md "Tails"). Prompts (the chunk graph) keep every physical core."""
-    return 1 if step_path.stem.endswith("int8") else None
+    """Threads for a step graph when none are asked: half the physical cores (at least one) for
+    the int8 graphs (`step-int8.onnx`), the rest left to the jam's own threads, the DAW and the
+    synth. On 2 cores that is one thread: 25 % slower a step than two on an idle machine
+    (0.81 vs 1.00 ms), but two spin-waiting threads took a p99 of 5x their median whenever
+    anything else ran, where one kept 1.5x (docs/PERFORMANCE.md "Tails"). Prompts (the chunk
+    graph) keep every physical core."""
+    return max(1, physical_cores() // 2) if step_path.stem.endswith("int8") else None
 
 
 def resolve_providers(device: str | None = None, cache_dir: Path | None = None) -> list:
@@ -114,8 +116,9 @@ def ort_session(path: Path, threads: int | None, providers: list, spin: bool = T
 
     if not path.is_file():
         raise GraphFileError(f"{path} not found; write it with musebridge export")
+    options = session_options(threads, spin)  # outside the try: a bad option is no damaged file
     try:
-        return ort.InferenceSession(str(path), session_options(threads, spin), providers=providers)
+        return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as e:  # ORT raises its own classes (InvalidProtobuf, Fail, ...) for damaged files
         msg = str(e).replace("\n", " ").split("] ", 1)[-1][:160]
         raise GraphFileError(f"{path} is not a usable ONNX graph ({msg}); delete it and export or open it again") from None
