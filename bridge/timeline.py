@@ -178,9 +178,8 @@ class Timeline:
         clock = clock or time.perf_counter
         t0 = clock()
         key = (start, end, first_note, mark_every)
-        run = speculation.resume(self, key, shaper, rng, emit, cancelled, clock, t0)
+        run = speculation.resume(self, key, shaper, rng, emit, cancelled, clock, t0)  # None: none, or rewound
         if run is None:
-            self.drop_speculation()
             run = AnswerRun(self, Answer(), start, end, shaper, rng, first_note, mark_every, clock, t0)
         while run.step(emit, cancelled):
             pass
