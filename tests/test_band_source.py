@@ -2,6 +2,7 @@
 written here in the real formats (no dataset needed)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -337,9 +338,45 @@ def test_songs_with_missing_or_garbled_annotations_are_skipped_in_one_line(datas
     # and through the command: one 'skipped' line per song, exit 0
     cmd = [sys.executable, "-m", "musebridge", "data", "build", "--source", f"pop909-band:{pop}",
            "--out", str(tmp_path / "cli"), "--workers", "1"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    env = {**os.environ, "COLUMNS": "400"}  # rich wraps at the console's width, inside words too
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, env=env)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
-    said = " ".join(r.stderr.split())  # rich wraps long lines at the console's width
+    said = " ".join(r.stderr.split())
     assert said.count("skipped pop909_band/") == 5
     assert "skipped pop909_band/POP909/003/003.mid: " in said and "chord_midi.txt is missing" in said
+
+
+def test_pop909_piano_versions_are_read_on_their_annotated_bars(datasets, tmp_path):
+    """POP909's files declare 1/4 time (617 of its 909 songs): read plainly, every beat was a
+    bar. A song beside its beat annotations is read on them: 4/4, its downbeats on bar lines,
+    its beats on whole beats -- and a cache built before is read again, not reused."""
+    pop, _ = datasets
+    tasks = midi_folder_tasks(pop)
+    assert {t.kind for t in tasks} == {"pop909"}
+    piece = load_piece(tasks[0])
+    assert [(ts.numerator, ts.denominator) for ts in piece.time_signatures] == [(4, 4)]
+    assert piece.families == ["piano"] and piece.pedals
+    melody = sorted(n.start for n in piece.notes if 72 <= n.pitch <= 76)  # the melody: 72 + beat % 5
+    assert melody[0] == 3.0 and melody[1] == 4.0  # the pickup, then the first downbeat on bar 2's line
+    assert all(abs(t - round(t)) < 1e-6 for t in melody)  # one melody note per annotated beat
+    assert len(melody) == 1 + 4 * BARS
+    # a MIDI folder without annotations is read as the files say
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "a.mid").write_bytes((pop / "POP909" / "001" / "001.mid").read_bytes())
+    assert [t.kind for t in midi_folder_tasks(plain)] == ["midi"]
+    assert load_piece(midi_folder_tasks(plain)[0]).time_signatures[0].numerator == 1
+    # a data folder cached before the reader was recorded reads its POP909 songs again
+    out = tmp_path / "d"
+    build([str(pop)], out, workers=1)
+    chunk = next((out / ".cache").glob("chunk-*.npz"))
+    with np.load(chunk) as z:
+        arrays = dict(z)
+    metas = json.loads(str(arrays["meta"]))
+    for m in metas:
+        m.pop("kind")
+    arrays["meta"] = np.array(json.dumps(metas))
+    np.savez(chunk, **arrays)
+    assert build([str(pop)], out, workers=1).parsed_now == 10
+    assert build([str(pop)], out, workers=1).parsed_now == 0

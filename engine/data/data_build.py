@@ -43,6 +43,7 @@ class PieceResult:
     notes: int = 0
     seconds: float = 0.0
     error: str | None = None
+    kind: str | None = None  # the reader that made it (`PieceTask.kind`; None: cached before readers were recorded)
 
 
 class _Timeout(Exception):
@@ -73,26 +74,40 @@ def process_task(task: PieceTask, vocab: Vocabulary, timeout: float = 0) -> Piec
         piece = load_piece(task)
         body, _ = encode_events(piece, vocab)
     except _Timeout:
-        return PieceResult(task.key, None, error=f"timed out after {timeout:.0f} s", seconds=time.perf_counter() - t0)
+        return PieceResult(task.key, None, error=f"timed out after {timeout:.0f} s", seconds=time.perf_counter() - t0,
+                           kind=task.kind)
     except MuseBridgeError as e:
-        return PieceResult(task.key, None, error=str(e), seconds=time.perf_counter() - t0)
+        return PieceResult(task.key, None, error=str(e), seconds=time.perf_counter() - t0, kind=task.kind)
     except Exception as e:  # a bad file must never stop the build
         msg = str(e).splitlines()[0][:200] if str(e) else ""
-        return PieceResult(task.key, None, error=f"{type(e).__name__}: {msg}", seconds=time.perf_counter() - t0)
+        return PieceResult(task.key, None, error=f"{type(e).__name__}: {msg}", seconds=time.perf_counter() - t0,
+                           kind=task.kind)
     finally:
         if timeout:
             signal.setitimer(signal.ITIMER_REAL, 0)
     tokens = np.asarray(body, dtype=np.uint16)
     notes = int(np.count_nonzero((vocab.kind[tokens] == NOTE) & (vocab.vbin[tokens] > 0))) if len(tokens) else 0
     if notes == 0:
-        return PieceResult(task.key, None, error="no notes", seconds=time.perf_counter() - t0)
-    return PieceResult(task.key, tokens, piece.families, notes, time.perf_counter() - t0)
+        return PieceResult(task.key, None, error="no notes", seconds=time.perf_counter() - t0, kind=task.kind)
+    return PieceResult(task.key, tokens, piece.families, notes, time.perf_counter() - t0, kind=task.kind)
 
 
 def _worker(args: tuple[PieceTask, float]) -> PieceResult:
     task, timeout = args
     assert _WORKER_VOCAB is not None
     return process_task(task, _WORKER_VOCAB, timeout)
+
+
+# Readers whose output changed after the cache began recording each piece's reader: a piece
+# cached with no reader recorded is read again when its task uses one of these.
+CHANGED_READERS = frozenset({"pop909"})  # POP909's piano versions, re-timed on their annotated beats
+
+
+def _stale(cached: PieceResult, task: PieceTask) -> bool:
+    """A cached piece that another reader made (the task's reader changed since)."""
+    if cached.kind is None:
+        return task.kind in CHANGED_READERS
+    return cached.kind != task.kind
 
 
 class ResultCache:
@@ -129,7 +144,8 @@ class ResultCache:
             offsets = np.concatenate([[0], np.cumsum(lengths)])
             for i, m in enumerate(metas):
                 toks = tokens[offsets[i] : offsets[i + 1]] if m.get("error") is None else None
-                out[m["key"]] = PieceResult(m["key"], toks, m["families"], m["notes"], m["seconds"], m.get("error"))
+                out[m["key"]] = PieceResult(m["key"], toks, m["families"], m["notes"], m["seconds"], m.get("error"),
+                                            m.get("kind"))
         return out
 
     def add(self, result: PieceResult) -> None:
@@ -144,7 +160,8 @@ class ResultCache:
         toks = [r.tokens for r in self._pending if r.tokens is not None]
         tokens = np.concatenate(toks) if toks else np.zeros(0, np.uint16)
         metas = [
-            {"key": r.key, "families": r.families, "notes": r.notes, "seconds": round(r.seconds, 3), "error": r.error}
+            {"key": r.key, "families": r.families, "notes": r.notes, "seconds": round(r.seconds, 3), "error": r.error,
+             "kind": r.kind}
             for r in self._pending
         ]
         self._n += 1
@@ -203,7 +220,7 @@ def build(
             f.unlink()
     cache = ResultCache(cache_dir, config)
     results = cache.load()
-    todo = [t for t in tasks if t.key not in results]
+    todo = [t for t in tasks if t.key not in results or _stale(results[t.key], t)]
     done = len(tasks) - len(todo)
     workers = max(1, workers or os.cpu_count() or 1)
     try:

@@ -19,7 +19,7 @@ from musebridge.errors import DataError
 from ..music.events import Piece
 from ..music.midi_file import read_midi
 from .band_parts import groove_index
-from .band_source import DEFAULT_LABEL, SOURCE, SPEC_PREFIX, find_groove, read_band_song
+from .band_source import DEFAULT_LABEL, SOURCE, SPEC_PREFIX, find_groove, read_band_song, read_piano_song
 from .music21_source import CorpusWork, read_corpus_work
 from .pop909 import song_files
 
@@ -36,7 +36,7 @@ class PieceTask:
 
     key: str  # unique and stable across builds: the resume key
     source: str  # "music21" or the folder's collection name
-    kind: str  # "music21", "midi" or "pop909_band"
+    kind: str  # "music21", "midi", "pop909" (a song beside its beat annotations) or "pop909_band"
     path: str
     style: str
     group: str  # split group: a piece and its versions share it
@@ -91,7 +91,10 @@ def midi_folder_tasks(folder: str | Path, label: str | None = None) -> list[Piec
             style_text, split = index[rel]
             if not label and style_text:
                 style = normalize_label(style_text.split("/")[0])
-        tasks.append(PieceTask(f"{collection}/{rel}", collection, "midi", str(path), style, f"{collection}/{version_group(rel)}", split=split))
+        # a POP909 song (beat annotations beside it) is read on its annotated bars, not its file's 1/4 time
+        kind = "pop909" if (path.parent / "beat_midi.txt").is_file() else "midi"
+        tasks.append(PieceTask(f"{collection}/{rel}", collection, kind, str(path), style,
+                               f"{collection}/{version_group(rel)}", split=split))
     return tasks
 
 
@@ -172,6 +175,8 @@ def load_piece(task: PieceTask) -> Piece:
     """Parse one task into a Piece (runs in a worker process)."""
     if task.kind == "music21":
         piece = read_corpus_work(CorpusWork(task.key, task.path, task.number, task.style, task.group))
+    elif task.kind == "pop909":
+        piece = read_piano_song(task.path, task.style)
     elif task.kind == "pop909_band":
         path = Path(task.path)
         song_id = f"{path.parent.name}/{path.stem}"
