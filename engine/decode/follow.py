@@ -22,7 +22,7 @@ import numpy as np
 
 from ..music.events import Event, Note, NoteOff, NoteOn, Piece
 from ..music.music_metrics import GRID_TOLERANCE, Grid, estimate_grid, estimate_key, pitch_class_profile
-from ..music.vocab import NOTE, WAIT, Vocabulary
+from ..music.vocab import NOTE, WAIT, Vocabulary, ticks_per_unit
 
 FOLLOW_WINDOW_BARS = 4  # what "the player's key and groove" means: their last 4 bars
 FOLLOW_HALF_NATS = 2.0  # a follow control at 0.5 shifts a logit by this much
@@ -238,10 +238,11 @@ class FollowBias:
         played = [v.family_index[f] for f in (heard.voices if heard is not None else {}) if f in v.family_index]
         self.counted = on & np.isin(v.family, played) if played else on
         # per family: its note ids [lo, hi) (contiguous), its hold limit (ticks) and voices
-        per = v.config.ticks_per_beat if v.config.time_mode == "beats" else 1000.0 / v.config.wait_ms
+        per = self.ticks_per_unit = ticks_per_unit(v)
         self.fam_range = lay.fam_range
         h = heard if heard is not None else Heard(None, None)
         self.hold_ticks = [h.hold_limit(f.name) * per for f in v.families]
+        self.default_hold_ticks = h.default_hold * per  # the player's hold limit over all their notes
         self.voices = [h.voice_limit(f.name) for f in v.families]
 
     def note_on_shift(self, tick: int) -> float:

@@ -18,7 +18,7 @@ from .follow import Heard, PlayerProfile
 from .row_decoder import RowDecoder
 from .sampling import NEG, ControlError, Grammar, LogitShaper, SamplingControls
 from ..music.tokenizer import StreamDecoder, StreamEncoder, decode_tokens, encode_events
-from ..music.vocab import WAIT, Vocabulary, is_real, is_whole
+from ..music.vocab import WAIT, Vocabulary, is_real, is_whole, ticks_per_unit
 
 
 @dataclass
@@ -73,11 +73,6 @@ def prompt_tokens(prompt: Piece, vocab: Vocabulary, style: str | None, families:
 def prompt_start(prompt: Piece, until: float | None = None) -> float:
     """Where in the prompt's beats its continuation starts: `prompt_tokens`' rule."""
     return max([n.end for n in prompt.notes] + [until or 0.0])
-
-
-def ticks_per_unit(v: Vocabulary) -> float:
-    """Grid ticks per decoder time unit (beats, or seconds in seconds mode)."""
-    return v.config.ticks_per_beat if v.config.time_mode == "beats" else 1000.0 / v.config.wait_ms
 
 
 def continue_rows(

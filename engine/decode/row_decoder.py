@@ -15,6 +15,7 @@ import numpy as np
 
 from ..music.events import Event
 from .follow import FollowBias, Heard
+from .presence import PresenceFloor
 from .sampling import Grammar, LogitShaper, OutputGuard, density_shift, sample_logits
 from ..music.tokenizer import StreamDecoder
 from ..music.vocab import NOTE, Vocabulary
@@ -52,6 +53,10 @@ class RowDecoder:
         self.follow = FollowBias(self.vocab, self.heard, key_follow, c.follow_groove, c.follow_texture)
         self._bias = self.shaper.bias
         self.static = (self._bias + self.follow.static).astype(np.float64)
+        old = getattr(self, "presence", None)
+        self.presence = PresenceFloor(self.vocab, c.strengths, self.follow)
+        if old is not None:
+            self.presence.last_onset = old.last_onset
 
     @property
     def tick(self) -> int:
@@ -84,10 +89,12 @@ class RowDecoder:
         density, applies_to = self._density_shift()
         if density:
             x += density * applies_to
-        groove = self.follow.note_on_shift(self.dec.tick + self.grid_offset)
+        beat_tick = self.dec.tick + self.grid_offset
+        groove = self.follow.note_on_shift(beat_tick)
         if groove:
             x += groove * self.follow.on_mask
         self.follow.texture(x, self.dec.tick, self.held)
+        self.presence.apply(x, self.dec.tick, self.held, beat_tick)
         return sample_logits(x, c.top_k, c.top_p, self.rng, c.min_p)
 
     def feed(self, token: int) -> list[Event]:
@@ -99,6 +106,7 @@ class RowDecoder:
             key = (int(v.family[token]), int(v.pitch[token]))
             if v.vbin[token] > 0:
                 self.onsets.append((self.dec.time, bool(self.follow.counted[token])))
+                self.presence.struck(key[0], self.dec.tick)
                 if v.has_note_off(key[0]):
                     self.held[key] = self.dec.tick
             else:

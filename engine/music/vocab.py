@@ -311,3 +311,8 @@ class Vocabulary:
         return isinstance(other, Vocabulary) and self.names == other.names
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def ticks_per_unit(v: Vocabulary) -> float:
+    """Grid ticks per decoder time unit (beats, or seconds in seconds mode)."""
+    return v.config.ticks_per_beat if v.config.time_mode == "beats" else 1000.0 / v.config.wait_ms
