@@ -145,7 +145,7 @@ def _key(ev, shift=0.0):
 
 
 @pytest.mark.parametrize("controls", [SamplingControls(seed=9, follow_key=0.0, follow_groove=0.0, follow_texture=0.0),
-                                      SamplingControls(seed=10), SamplingControls(seed=11, follow_key=0.7, follow_groove=0.7,
+                                      SamplingControls(seed=10), SamplingControls(seed=12, follow_key=0.7, follow_groove=0.7,
                                                                                  follow_texture=0.7, min_p=0.02)])
 def test_live_and_offline_paths_play_the_same_answer(rt, controls):
     """`generate` (offline) and the jam's Timeline (live) sample through one decode step: same
@@ -196,3 +196,30 @@ def test_a_part_the_player_did_not_play_joins_on_top_of_their_density():
     shift, applies = row._density_shift()
     assert shift > 0  # one piano note a beat is below the player's rate: piano is pushed up
     assert applies[v.note(v.family_index["piano"], 60, 5)] and not applies[v.note(bass, 40, 5)]
+
+
+def test_the_key_chooses_which_notes_a_part_plays_not_whether_it_plays():
+    """A model unsure of the pitch (every piano note alike): following the key moves the
+    piano's out-of-key probability onto its in-key notes, so the piano is as likely to
+    play as before (a plain bias would have handed it to the rest) and plays in key."""
+    v = Vocabulary()
+    heard = PlayerProfile.of_piece(scale_phrase()).heard(16.0)
+    on = (v.kind == NOTE) & (v.vbin > 0)
+    piano = on & (v.family == v.family_index["piano"])
+    x = np.full(len(v), -30.0)
+    x[piano] = 0.0
+    x[v.wait(6)] = float(np.log(piano.sum()))  # rest and piano equally likely
+
+    def masses(y):
+        p = np.exp(y - y.max())
+        inside = piano & np.isin(v.pitch % 12, sorted(C_MAJOR))
+        return p[piano].sum() / p.sum(), p[inside].sum() / p[piano].sum()
+
+    plays, in_key = masses(x)
+    assert abs(plays - 0.5) < 0.01 and in_key < 0.6
+    for strength, least in ((0.5, 0.85), (0.7, 0.97), (1.0, 1 - 1e-9)):
+        y = FollowBias(v, heard, strength, 0.0, 0.0).key(x.copy())
+        plays_now, in_key_now = masses(y)
+        assert abs(plays_now - plays) < 1e-6, strength
+        assert in_key_now > least, (strength, in_key_now)
+    assert np.array_equal(FollowBias(v, heard, 0.0, 0.0, 0.0).key(x.copy()), x)  # off: untouched

@@ -136,3 +136,52 @@ def test_a_part_brought_in_keeps_to_the_players_grid():
     heard = PlayerProfile.of_piece(PHRASE).heard(8.0)
     loose = PresenceFloor(V, {"drums": 1.0}, FollowBias(V, heard, 0.5, 0.0, 0.5))
     assert share(loose.apply(x.copy(), 5, {}), drums) > 0.49
+
+
+BAND = Piece(notes=[Note(float(b), 0.5, 36 + (b % 2) * 7, 90, "drums") for b in range(16)]
+             + [Note(b + 0.5, 0.4, 42, 70, "drums") for b in range(16)]
+             + [Note(float(b), 0.9, 40 if b % 4 < 2 else 43, 80, "bass") for b in range(0, 16, 2)])
+
+
+def band_floor(strengths=None) -> tuple[PresenceFloor, FollowBias]:
+    """An answer to a 4-bar drums-and-bass phrase (drums 32 onsets, bass 8)."""
+    heard = PlayerProfile.of_piece(BAND).heard(16.0)
+    follow = FollowBias(V, heard, 0.5, 0.5, 0.5)
+    return PresenceFloor(V, strengths or {}, follow), follow
+
+
+def test_a_part_of_the_players_band_is_kept_at_its_rate():
+    """The model drops the bass after drums and bass: while the bass strikes less often than
+    the player's did, it gets its share of their onsets (8 of 40); at their rate, nothing."""
+    x = logits_without_bass()
+    f, _ = band_floor()
+    assert abs(f.share[BASS] - 0.2) < 1e-9
+    assert abs(share(f.apply(x.copy(), 0, {}), BASS) - 0.2) < 1e-6
+    for t in range(0, 48, 24):  # a bass note every 2 beats, as the player played it
+        f.struck(BASS, t)
+    lo, hi = ranges()[BASS]
+    assert np.array_equal(f.apply(x.copy(), 47, {})[lo:hi], x[lo:hi])
+    assert share(f.apply(x.copy(), 72, {}), BASS) > 0.19  # two beats later it is behind again
+    held = {(BASS, 40): 60}  # holding as many notes as their bass did at once: no more lifted
+    assert share(f.apply(x.copy(), 72, held), BASS) < 1e-6
+
+
+def test_a_lifted_part_ends_its_notes_by_its_own_hold_limit():
+    x = logits_without_bass()
+    f, follow = band_floor()
+    limit = follow.hold_ticks[BASS]  # twice the player's 0.9-beat bass notes
+    assert abs(limit - 21.6) < 1e-9
+    out = f.apply(x.copy(), 60 + 21, {(BASS, 40): 60})
+    assert np.nonzero(out > -1e8)[0].tolist() == [V.note(BASS, 40, 0)]
+
+
+def test_a_family_neither_played_nor_asked_for_pays_the_texture_nats():
+    f, follow = band_floor({"strings": 1.0})
+    lo, hi = ranges()[V.family_index["organ"]]
+    assert (f.bias[lo:hi][ON[lo:hi]] == -follow.texture_nats).all() and follow.texture_nats == 2.0
+    for fam in ("drums", "bass", "strings"):  # played, or asked for
+        lo, hi = ranges()[V.family_index[fam]]
+        assert not f.bias[lo:hi].any()
+    assert not (f.bias[~ON]).any()  # note-offs and everything else: free
+    heard = PlayerProfile.of_piece(BAND).heard(16.0)
+    assert not PresenceFloor(V, {}, FollowBias(V, heard, 0.5, 0.5, 0.0)).bias.any()  # texture not followed

@@ -1,27 +1,41 @@
-"""A part the user turns up joins in: the presence floor behind instrument strengths.
+"""Every part keeps playing: the presence floor under the player's band and the strengths.
 
-A strength above 0.5 is a logit bias on the family's note-ons (`sampling.STRENGTH_SCALE`),
-and with a family the player plays that is enough. A family they do *not* play is another
-matter: after four bars of piano the model gives a bass note-on so little probability that
-even the strength's 8 nats leave it silent (measured on the shipped model, piano prompts of
-the test split, `--strength bass=1`: a bass part in 1 of 4 seeds, 0 to 7 bass notes in
-4 bars). A producer who pushes the bass slider to the top expects a bass line.
+Two measured failures of the shipped model share one cure.
 
-So while such a family is silent -- it holds no note and struck none for `REST_BEATS` --
-its note-ons get at least `PRESENCE_SHARE * (2s - 1)` of the note-on probability at that
-step: a bass at strength 1 takes half of the onsets the music makes while it rests, on
-the pitches the model (and the key it follows) likes best for a bass there. The floor is
-relative to the note-ons the model would make at that step, so the part comes in where the
-music has onsets -- on the grid, since the groove and key rules have already shaped the
-logits it reads -- and adds to them rather than taking their place. Once the part plays,
-the model carries its line, with one bound: a note of such a part ends by the hold limit of
-the player's own notes (`Heard.default_hold`: twice their long notes, at least a beat).
-Without it the same model, having been lifted into a bass note, held it to the end of the
-clip (16 beats), and a held drone is not the bass line the slider asked for. And it keeps to the
-player's grid: off it, its note-ons are shut (when the groove is followed at all). The
-drums the model learned from Groove's human timing otherwise landed 0.63 of their hits
-on a piano phrase's grid (strength probe, 6 test prompts x 4 seeds). Families the player
-plays are left alone.
+*A part the user turns up that the player does not play.* A strength above 0.5 is a logit
+bias on the family's note-ons (`sampling.STRENGTH_SCALE`). After four bars of piano the
+model gives a bass note-on so little probability that even the strength's 8 nats left it
+silent: a bass part in 1 of 4 seeds, 0 to 7 bass notes in 4 bars (strength probe, piano
+prompts of the test split). A producer who pushes the bass slider to the top expects a
+bass line.
+
+*A part of the player's band that the model drops.* On band prompts (drums, bass, keys,
+strings) the model trained on Groove's drums-alone performances often went on with the
+drums alone: 23 of 48 answers (24 band test prompts x 2 seeds) played under 0.3 of the
+real continuation's pitched notes (the median answer 0.35); with the floor 10 of 48 (0.50).
+
+So each part gets a floor under its share of the note-on probability at a step:
+
+* a favoured family the player does not play, while it rests (holds nothing and struck
+  nothing for `REST_BEATS`): `PRESENCE_SHARE * (2s - 1)` (half at strength 1);
+* a family of the player's band (two or more families, texture followed), while it
+  strikes fewer notes over the last `RATE_WINDOW_BEATS` than their part does and holds
+  fewer notes than their part's voices: its share of the player's onsets.
+
+The floor is relative to the note-ons the model would make at that step, so a part comes in
+where the music has onsets -- on the grid, since the groove and key rules have already
+shaped the logits it reads -- and it never turns rests into notes: one family alone (a folk
+line, a piano, a drum kit) is never touched.
+
+A lifted note could be held for ever (lifted into a bass note, the model held it to the end
+of the clip; lifted band parts piled into walls of held notes, polyphony 1.8x the real
+continuation's), so a part under a floor ends its notes by a hold limit: a joined part the
+player's (`Heard.default_hold`), a part of theirs its own. A joined part also keeps to the
+player's grid when the groove is followed (drums learnt from Groove's human timing landed
+0.63 of their hits on a piano phrase's grid).
+
+And a family neither played nor asked for pays the texture's nats on each note-on: on band
+prompts the model spread a third of its notes over families the band did not have.
 """
 
 from __future__ import annotations
@@ -34,59 +48,97 @@ from ..music.vocab import Vocabulary
 from .follow import FollowBias
 
 PRESENCE_SHARE = 0.5  # at strength 1: the share of note-on probability a silent favoured part gets
-REST_BEATS = 0.5  # a part that struck within this many beats (or holds a note) is playing
+REST_BEATS = 0.5  # a joined part that struck within this many beats (or holds a note) is playing
+RATE_WINDOW_BEATS = 4.0  # a part of the player's band is behind when, over the last 4 beats,
+BEHIND = 1.0  # ... it struck fewer notes than the player's part strikes in that time (measured: at half
+# their rate, band answers kept 0.39 of the real continuation's pitched notes; at their rate 0.50)
+MAX_SHARE = 0.95
 NEG = -1e9  # as sampling.NEG: nothing can be sampled from it
 NEG_HALF = NEG / 2  # logits below this are masked
 
 
 class PresenceFloor:
-    """For one answer: the favoured families the player does not play, and their floor."""
+    """For one answer: the parts to keep playing, their floors, and when each joined part last struck."""
 
     def __init__(self, vocab: Vocabulary, strengths: dict[str, float], follow: FollowBias):
         self.vocab = vocab
         self.on = follow.on_mask
         self.fam_range = follow.fam_range
-        self.hold_ticks = follow.default_hold_ticks
+        self.hold_ticks = follow.default_hold_ticks  # a joined part's notes: the player's hold limit
+        self.family_hold = follow.hold_ticks  # a part of theirs: that part's own limit
+        self.voices = follow.voices
         self.wait_ids, self.wait_ticks = follow.wait_ids, follow.wait_ticks
-        self.rest_ticks = REST_BEATS * follow.ticks_per_unit
         self.off_grid, self.tpb = follow.off_grid, follow.tpb  # None: no grid heard, or groove not followed
+        per = follow.ticks_per_unit
+        self.rest_ticks = REST_BEATS * per
+        self.rate_window = RATE_WINDOW_BEATS * per
         heard = follow.heard
         played = set(heard.voices) if heard is not None else set()
-        self.share: dict[int, float] = {}
+        self.share: dict[int, float] = {}  # family -> its floor
+        self.joined: set[int] = set()  # favoured families the player does not play
+        self.last_onset: dict[int, float] = {}
+        self.expected: dict[int, float] = {}  # a part of the player's band: its onsets in a full window
+        self.recent: dict[int, list[int]] = {}  # ... and the ticks it struck at, within the window
+        self.first_tick: int | None = None
         for fam, s in strengths.items():
             if s > 0.5 and fam not in played and fam in vocab.family_index:
-                self.share[vocab.family_index[fam]] = min(PRESENCE_SHARE * (2.0 * s - 1.0), 0.95)
-        self.last_onset: dict[int, int] = {}
+                fi = vocab.family_index[fam]
+                self.share[fi] = min(PRESENCE_SHARE * (2.0 * s - 1.0), MAX_SHARE)
+                self.joined.add(fi)
+        # a family neither played nor asked for: each of its note-ons costs the texture's nats
+        self.bias = np.zeros(len(vocab))
+        if played and follow.texture_nats > 0:
+            asked = played | {f for f, s in strengths.items() if s > 0.5}
+            outside = np.isin(vocab.family, [fi for f, fi in vocab.family_index.items() if f not in asked])
+            self.bias[outside & self.on] = max(-follow.texture_nats, NEG)
+        if heard is not None and follow.density_weight > 0 and len(heard.onsets) > 1:
+            total = sum(heard.onsets.values())
+            for fam, n in heard.onsets.items():
+                fi = vocab.family_index.get(fam)
+                if fi is None or fi in self.share or strengths.get(fam, 0.5) <= 0:
+                    continue
+                self.share[fi] = min(follow.density_weight * n / total, MAX_SHARE)
+                self.expected[fi] = (heard.density or 0.0) * n / total * RATE_WINDOW_BEATS
+                self.recent[fi] = []
 
     def __bool__(self) -> bool:
         return bool(self.share)
 
+    def carry(self, old: "PresenceFloor") -> None:
+        """What an earlier floor of the same answer saw (controls change between steps)."""
+        self.last_onset, self.first_tick = old.last_onset, old.first_tick
+        for fi in self.recent:
+            self.recent[fi] = list(old.recent.get(fi, []))
+
     def struck(self, family: int, tick: int) -> None:
         self.last_onset[family] = tick
+        if family in self.recent:
+            self.recent[family].append(tick)
+
+    def _behind(self, fi: int, tick: int) -> bool:
+        """A part of the player's band striking under half their part's rate (over the window,
+        or the time since the answer began if shorter)."""
+        since = tick - self.rate_window
+        ticks = self.recent[fi] = [t for t in self.recent[fi] if t > since]
+        span = min(tick - self.first_tick, self.rate_window) / self.rate_window
+        return len(ticks) < BEHIND * self.expected[fi] * max(span, 1.0 / RATE_WINDOW_BEATS)
 
     def apply(self, x: np.ndarray, tick: int, held: dict[tuple[int, int], int], beat_tick: int | None = None) -> np.ndarray:
-        """Lift each silent favoured family's note-ons to its share of the note-on mass, in place.
+        """Lift each silent part's note-ons to its share of the note-on mass, in place.
         `beat_tick`: `tick` on the beat's clock, where the player's grid is read (default `tick`)."""
         if not self.share:
             return x
-        mine = [(fi, pitch, onset) for (fi, pitch), onset in held.items() if fi in self.share]
-        due = [self.vocab.note(fi, pitch, 0) for fi, pitch, onset in mine if tick + 1 - onset >= self.hold_ticks]
-        if due:  # its note has sounded as long as the player's do: release it before anything else
-            keep = np.maximum(x[due], 0.0)
-            x[:] = NEG
-            x[due] = keep
+        if self.first_tick is None:
+            self.first_tick = tick
+        if self._bound(x, tick, held, tick if beat_tick is None else beat_tick):
             return x
-        if mine:  # and no rest may carry it past that
-            deadline = min(onset for _, _, onset in mine) + self.hold_ticks
-            x[self.wait_ids[self.wait_ticks > max(deadline - tick, 1)]] = NEG
-        if self.off_grid is not None and self.off_grid[(tick if beat_tick is None else beat_tick) % self.tpb]:
-            for fi in self.share:  # off the player's grid: not a note of this part
-                lo, hi = self.fam_range[fi]
-                x[lo:hi][self.on[lo:hi]] = NEG
-            return x
-        holding = {fi for fi, _, _ in mine}
-        silent = [fi for fi in self.share if fi not in holding
-                  and tick - self.last_onset.get(fi, -math.inf) >= self.rest_ticks]
+        holding: dict[int, int] = {}
+        for fi, _ in held:
+            holding[fi] = holding.get(fi, 0) + 1
+        silent = [fi for fi in self.share if (fi in self.recent and holding.get(fi, 0) < self.voices[fi]
+                                              and self._behind(fi, tick))
+                  or (fi in self.joined and fi not in holding
+                      and tick - self.last_onset.get(fi, -math.inf) >= self.rest_ticks)]
         if not silent:
             return x
         live = self.on & (x > NEG_HALF)
@@ -98,7 +150,7 @@ class PresenceFloor:
         for fi in silent:
             lo, hi = self.fam_range[fi]
             mine = float(p_on[lo:hi].sum())
-            if mine <= 0.0:  # masked (muted by the key, the grammar): nothing to lift
+            if mine <= 0.0:  # masked (muted, off the grid, outside a strict key): nothing to lift
                 continue
             q = self.share[fi]
             want = q * (total - mine) / (1.0 - q)  # its mass once it holds share q of the note-ons
@@ -108,3 +160,24 @@ class PresenceFloor:
                 p_on[lo:hi] *= math.exp(shift)
                 total += want - mine
         return x
+
+    def limit(self, fi: int) -> float:
+        return self.hold_ticks if fi in self.joined else self.family_hold[fi]
+
+    def _bound(self, x: np.ndarray, tick: int, held: dict[tuple[int, int], int], beat_tick: int) -> bool:
+        """The parts' hold limits and a joined part's grid; True when only a note-off may come next."""
+        mine = [(fi, pitch, onset) for (fi, pitch), onset in held.items() if fi in self.share]
+        due = [self.vocab.note(fi, pitch, 0) for fi, pitch, onset in mine if tick + 1 - onset >= self.limit(fi)]
+        if due:  # its note has sounded as long as the player's do: release it before anything else
+            keep = np.maximum(x[due], 0.0)
+            x[:] = NEG
+            x[due] = keep
+            return True
+        if mine:  # and no rest may carry it past that
+            deadline = min(onset + self.limit(fi) for fi, _, onset in mine)
+            x[self.wait_ids[self.wait_ticks > max(deadline - tick, 1)]] = NEG
+        if self.joined and self.off_grid is not None and self.off_grid[beat_tick % self.tpb]:
+            for fi in self.joined:  # off the player's grid: not a note of this part
+                lo, hi = self.fam_range[fi]
+                x[lo:hi][self.on[lo:hi]] = NEG
+        return False

@@ -18,7 +18,7 @@ from .follow import FollowBias, Heard
 from .presence import PresenceFloor
 from .sampling import Grammar, LogitShaper, OutputGuard, density_shift, sample_logits
 from ..music.tokenizer import StreamDecoder
-from ..music.vocab import NOTE, Vocabulary
+from ..music.vocab import NOTE, Vocabulary, ticks_per_unit
 
 DENSITY_WINDOW_BEATS = 2.0  # the density target reads the last 2 beats (1 s in seconds mode)
 
@@ -40,9 +40,13 @@ class RowDecoder:
         self.grid_offset = grid_offset  # the grid is read on the beat: the beat tick this row's tick 0 falls on
         self._follow_controls()
         self.held: dict[tuple[int, int], int] = dict(held or {})  # (family, pitch) -> onset tick
-        self.onsets: list[tuple[float, bool]] = []  # (time, of a family the player plays)
+        # (tick, of a family the player plays): ticks, not times, so that a row starting at
+        # tick 0 (offline) and one at the stream's tick (live) drop an onset from the window
+        # on the same step (float times disagreed at the edge, and the two paths parted)
+        self.onsets: list[tuple[int, bool]] = []
         self.window = DENSITY_WINDOW_BEATS if vocab.config.time_mode == "beats" else 1.0
-        self.start_time = self.dec.time
+        self.window_ticks = round(self.window * ticks_per_unit(vocab))
+        self.start_tick = tick
 
     def _follow_controls(self) -> None:
         """The biases of the shaper's controls now (again after `LogitShaper.set_controls`,
@@ -52,11 +56,11 @@ class RowDecoder:
         key_follow = 0.0 if c.key else c.follow_key
         self.follow = FollowBias(self.vocab, self.heard, key_follow, c.follow_groove, c.follow_texture)
         self._bias = self.shaper.bias
-        self.static = (self._bias + self.follow.static).astype(np.float64)
         old = getattr(self, "presence", None)
         self.presence = PresenceFloor(self.vocab, c.strengths, self.follow)
+        self.static = self._bias + self.presence.bias  # the key's bias: `follow.key`, keeping each part's mass
         if old is not None:
-            self.presence.last_onset = old.last_onset
+            self.presence.carry(old)
 
     @property
     def tick(self) -> int:
@@ -69,9 +73,8 @@ class RowDecoder:
     def _density_shift(self) -> tuple[float, np.ndarray]:
         """The density rule's logit and the note-ons it applies to: an explicit `density`
         counts every note; the player's own (texture) counts the families they play."""
-        now = self.dec.time
-        self.onsets = [o for o in self.onsets if o[0] > now - self.window]
-        if now - self.start_time < self.window:
+        self.onsets = [o for o in self.onsets if o[0] > self.dec.tick - self.window_ticks]
+        if self.dec.tick - self.start_tick < self.window_ticks:
             return 0.0, self.follow.on_mask
         if self.shaper.controls.density is None and self.follow.target_density is not None:  # the player's own
             rate = sum(counted for _, counted in self.onsets) / self.window
@@ -86,6 +89,7 @@ class RowDecoder:
         x = logits.astype(np.float64) / c.temperature + self.static + self.grammar.mask
         if extra is not None:
             x += extra
+        self.follow.key(x)
         density, applies_to = self._density_shift()
         if density:
             x += density * applies_to
@@ -105,7 +109,7 @@ class RowDecoder:
         if v.kind[token] == NOTE:
             key = (int(v.family[token]), int(v.pitch[token]))
             if v.vbin[token] > 0:
-                self.onsets.append((self.dec.time, bool(self.follow.counted[token])))
+                self.onsets.append((self.dec.tick, bool(self.follow.counted[token])))
                 self.presence.struck(key[0], self.dec.tick)
                 if v.has_note_off(key[0]):
                     self.held[key] = self.dec.tick
