@@ -92,3 +92,14 @@ def test_describe_a_continuation_that_repeats_the_prompt():
     assert d["key_agreement"] == pytest.approx(1.0)
     assert (d["in_scale"], d["on_grid"], d["length_ratio"], d["drones"]) == (1.0, 1.0, 1.0, 0.0)
     assert d["density"] == 2.0
+
+
+def test_pitched_density_sees_a_band_that_goes_on_with_the_drums_alone():
+    band = [Note(b * 0.5, 0.25, 36 + 6 * (b % 2), 90, "drums") for b in range(32)]
+    band += [Note(float(b), 0.9, 40 + (b % 3), 80, "bass") for b in range(16)]
+    prompt = Piece(notes=band)
+    key, grid = estimate_key(band), estimate_grid(band)
+    real = describe(band, 16.0, prompt, key, grid)
+    drums_alone = describe([n for n in band if n.family == "drums"] * 2, 16.0, prompt, key, grid)
+    assert real["pitched_density"] == 1.0 and real["density"] == 3.0
+    assert drums_alone["density"] > 2.5 and drums_alone["pitched_density"] == 0.0

@@ -32,8 +32,8 @@ from ..music.music_metrics import Grid, Key, describe, estimate_grid, estimate_k
 from .sampling import SamplingControls
 
 MEASURES = ("key_agreement", "in_scale", "on_grid", "length_ratio", "drones", "polyphony", "density",
-            "pitch_range", "median_ioi")
-RATIO_TO_REAL = ("polyphony", "density", "median_ioi")  # reported as answer / real as well
+            "pitched_density", "pitch_range", "median_ioi")
+RATIO_TO_REAL = ("polyphony", "density", "pitched_density", "median_ioi")  # reported as answer / real as well
 MIN_NOTES = 4  # a prompt or continuation with fewer notes says nothing about fit
 
 
@@ -210,7 +210,7 @@ def table(result: dict, group: str = "all", by: str = "style") -> str:
     systems = [s for s in ("model", "ngram", "repeat", "real") if s in med] + \
               [s for s in med if s not in ("model", "ngram", "repeat", "real")]
     keys = ["prompts", "errors", "key_agreement", "in_scale", "on_grid", "length_ratio", "drones", "drones_mean", "polyphony",
-            "polyphony_vs_real", "density", "density_vs_real", "pitch_range", "median_ioi"]
+            "polyphony_vs_real", "density", "density_vs_real", "pitched_density_vs_real", "pitch_range", "median_ioi"]
     width = max(len(k) for k in keys) + 2
     lines = [f"{'median (' + group + ')':<{width}}" + "".join(f"{s:>10}" for s in systems)]
     for k in keys:
@@ -283,7 +283,7 @@ def roll_sheet(cases: list[Case], path: str | Path, systems: tuple[str, ...] = (
 CARD_COLUMNS = (("key agr.", "key_agreement", "{:.2f}"), ("in scale", "in_scale", "{:.2f}"),
                 ("on grid", "on_grid", "{:.2f}"), ("length ×prompt", "length_ratio", "{:.2f}"),
                 ("drones (mean)", "drones_mean", "{:.1%}"), ("polyphony ×real", "polyphony_vs_real", "{:.2f}"),
-                ("density ×real", "density_vs_real", "{:.2f}"))
+                ("density ×real", "density_vs_real", "{:.2f}"), ("pitched ×real", "pitched_density_vs_real", "{:.2f}"))
 
 
 def markdown_table(result: dict) -> str:

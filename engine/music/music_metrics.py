@@ -233,6 +233,10 @@ def describe(clip: list[Note], beats: float, prompt: Piece, key: Key | None, gri
         "polyphony": polyphony(clip),
         "polyphony_by_family": polyphony_by_family(clip),
         "density": density(clip, beats),
+        # pitched note-ons per beat: a band answer that goes on with the drums alone keeps the
+        # density of its drums and loses this (measured: 23 of 48 band answers under 0.3 of
+        # the real continuation's pitched notes while the density read 0.93 of the real)
+        "pitched_density": density(pitched(clip), beats),
         "pitch_range": pitch_range(clip),
         "median_ioi": median_ioi(clip),
     }
