@@ -185,3 +185,16 @@ def test_a_family_neither_played_nor_asked_for_pays_the_texture_nats():
     assert not (f.bias[~ON]).any()  # note-offs and everything else: free
     heard = PlayerProfile.of_piece(BAND).heard(16.0)
     assert not PresenceFloor(V, {}, FollowBias(V, heard, 0.5, 0.5, 0.0)).bias.any()  # texture not followed
+
+
+def test_a_joined_part_strikes_no_more_notes_at_once_than_the_part_sounds():
+    x = logits_without_bass()
+    f = floor({"drums": 1.0})
+    drums = V.family_index["drums"]
+    lo, hi = ranges()[drums]
+    for k in range(f.voices[drums]):
+        assert not (f.apply(x.copy(), 12, {})[lo:hi][ON[lo:hi]] < -1e8).all(), k
+        f.struck(drums, 12)
+    assert f.voices[drums] == 3
+    assert (f.apply(x.copy(), 12, {})[lo:hi][ON[lo:hi]] < -1e8).all()  # a kit's three at this instant
+    assert not (f.apply(x.copy(), 15, {})[lo:hi][ON[lo:hi]] < -1e8).all()  # the next instant: free again

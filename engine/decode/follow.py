@@ -33,7 +33,7 @@ NEG = -1e9
 # Voices a family sounds at most when the player has not played it: what a part on that
 # instrument usually holds at once (a bass line one or two, a pad a chord, a lead a line).
 DEFAULT_VOICES = {"piano": 6, "chromatic_percussion": 3, "organ": 6, "guitar": 6, "bass": 2, "strings": 4,
-                  "ensemble": 6, "brass": 4, "reed": 2, "pipe": 2, "synth_lead": 2, "synth_pad": 6, "drums": 6}
+                  "ensemble": 6, "brass": 4, "reed": 2, "pipe": 2, "synth_lead": 2, "synth_pad": 6, "drums": 3}
 
 
 def follow_nats(strength: float) -> float:

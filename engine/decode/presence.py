@@ -32,7 +32,9 @@ of the clip; lifted band parts piled into walls of held notes, polyphony 1.8x th
 continuation's), so a part under a floor ends its notes by a hold limit: a joined part the
 player's (`Heard.default_hold`), a part of theirs its own. A joined part also keeps to the
 player's grid when the groove is followed (drums learnt from Groove's human timing landed
-0.63 of their hits on a piano phrase's grid).
+0.63 of their hits on a piano phrase's grid) and strikes no more notes at one instant than
+the part sounds at once (`follow.DEFAULT_VOICES`: a kit 3; lifted drums under a piano phrase
+otherwise struck walls of a dozen drum keys at a time, as if they were piano chords).
 
 And a family neither played nor asked for pays the texture's nats on each note-on: on band
 prompts the model spread a third of its notes over families the band did not have.
@@ -77,6 +79,7 @@ class PresenceFloor:
         self.share: dict[int, float] = {}  # family -> its floor
         self.joined: set[int] = set()  # favoured families the player does not play
         self.last_onset: dict[int, float] = {}
+        self.instant: tuple[int, dict[int, int]] = (-1, {})  # (tick, joined family -> notes struck at it)
         self.expected: dict[int, float] = {}  # a part of the player's band: its onsets in a full window
         self.recent: dict[int, list[int]] = {}  # ... and the ticks it struck at, within the window
         self.first_tick: int | None = None
@@ -112,6 +115,10 @@ class PresenceFloor:
 
     def struck(self, family: int, tick: int) -> None:
         self.last_onset[family] = tick
+        if family in self.joined:
+            if self.instant[0] != tick:
+                self.instant = (tick, {})
+            self.instant[1][family] = self.instant[1].get(family, 0) + 1
         if family in self.recent:
             self.recent[family].append(tick)
 
@@ -176,8 +183,10 @@ class PresenceFloor:
         if mine:  # and no rest may carry it past that
             deadline = min(onset + self.limit(fi) for fi, _, onset in mine)
             x[self.wait_ids[self.wait_ticks > max(deadline - tick, 1)]] = NEG
-        if self.joined and self.off_grid is not None and self.off_grid[beat_tick % self.tpb]:
-            for fi in self.joined:  # off the player's grid: not a note of this part
+        off_grid = self.off_grid is not None and self.off_grid[beat_tick % self.tpb]
+        struck = self.instant[1] if self.instant[0] == tick else {}
+        for fi in self.joined:  # off the player's grid, or as many notes at once as the part sounds: no more
+            if off_grid or struck.get(fi, 0) >= self.voices[fi]:
                 lo, hi = self.fam_range[fi]
                 x[lo:hi][self.on[lo:hi]] = NEG
         return False
