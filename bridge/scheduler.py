@@ -51,6 +51,7 @@ class Scheduled:
     velocity: int = field(compare=False, default=0)
     note_id: int = field(compare=False, default=-1)
     tag: int = field(compare=False, default=0)  # which answer it belongs to (for cancel)
+    queued_at: float = field(compare=False, default=0.0)  # perf_counter when it reached the scheduler
 
 
 class Scheduler:
@@ -69,7 +70,8 @@ class Scheduler:
         self._seq = itertools.count()
         self._cv = threading.Condition()
         self._dropped_ids: set[int] = set()
-        self.jitter_ms: list[float] = []  # actual - scheduled, per message sent
+        self.jitter_ms: list[float] = []  # actual - scheduled (or - arrival, when it came late), per message sent
+        self.arrived_late = 0  # messages handed over after they were due (the generator behind)
         self.dropped_late = 0
         self.sent = 0
         self._stop = False
@@ -91,6 +93,7 @@ class Scheduler:
 
     def push(self, item: Scheduled) -> None:
         item.seq = next(self._seq)
+        item.queued_at = time.perf_counter()
         with self._cv:
             heapq.heappush(self._heap, item)
             self._cv.notify()
@@ -191,7 +194,11 @@ class Scheduler:
             self._emit(bytes([0x80 | it.channel, it.pitch, 0]))
         self.sent += 1
         sent_at = time.perf_counter()
-        self.jitter_ms.append((sent_at - due) * 1000.0)
+        # the scheduler's own lateness: from when it was due, or from when it arrived if it
+        # arrived after that (a generator that fell behind is counted apart, in `arrived_late`)
+        if it.queued_at > due:
+            self.arrived_late += 1
+        self.jitter_ms.append((sent_at - max(due, it.queued_at)) * 1000.0)
         if len(self.jitter_ms) > 100_000:
             del self.jitter_ms[:50_000]
         if it.kind == "on":
@@ -208,4 +215,5 @@ class Scheduler:
     def jitter_stats(self) -> dict:
         j = np.abs(np.array(self.jitter_ms[-10_000:] or [0.0]))
         return {"p50_ms": float(np.percentile(j, 50)), "p99_ms": float(np.percentile(j, 99)),
-                "max_ms": float(j.max()), "sent": self.sent, "dropped_late": self.dropped_late}
+                "max_ms": float(j.max()), "sent": self.sent, "dropped_late": self.dropped_late,
+                "arrived_late": self.arrived_late}

@@ -173,3 +173,20 @@ def test_the_watched_answer_gets_its_note_ons_written_as_they_go_out_and_no_one_
         assert wait_until(lambda: len(sent) >= 6, 3.0) and a.sent == {mine}
     finally:
         sc.stop()
+
+
+def test_a_message_handed_over_late_is_counted_apart_not_as_send_jitter():
+    """A note-off the generator hands over after it was due is sent at once; its lateness is
+    the generator's (`arrived_late`), not the scheduler's send jitter."""
+    sc, sent = scheduler()
+    try:
+        sc.note(-10.0, -9.0, 0, 60, 90)  # due 0.45 and 0.4 s ago (late_s here is 1 s: both are sent)
+        assert wait_until(lambda: len(sent) >= 1, 3.0)
+        sc.note(0.5, 0.6, 0, 62, 90)  # on time
+        assert wait_until(lambda: len(sent) >= 3, 3.0)
+        time.sleep(0.05)
+    finally:
+        sc.stop()
+    st = sc.jitter_stats()
+    assert st["arrived_late"] == 2 and st["sent"] == 4
+    assert st["max_ms"] < 50.0, st  # counted from their due time, 400+ ms
