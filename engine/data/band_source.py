@@ -38,7 +38,7 @@ import numpy as np
 
 from ..music.events import Note, Pedal, Piece
 from .band_parts import activity, band_families, bass_line, drum_part, groove_index, pick_drums, voice_part
-from .pop909 import TRACKS, make_grid, read_beats, read_chords, read_parts
+from .pop909 import TRACKS, Grid, Part, make_grid, read_beats, read_chords, read_parts
 
 SOURCE = "pop909_band"  # collection name in keys and the manifest's "source"
 SPEC_PREFIX = "pop909-band:"  # --source pop909-band:POP909_DIR[,GROOVE_DIR][=LABEL]
@@ -108,7 +108,7 @@ def read_piano_song(midi_path: str | Path, style: str = DEFAULT_LABEL) -> Piece:
                  style=style).sorted()
 
 
-def _song_on_grid(path: Path):
+def _song_on_grid(path: Path) -> tuple[np.ndarray, dict[str, Part], Grid]:
     """A POP909 song's annotated beats, its three tracks (seconds) and the grid between them."""
     beats, down = read_beats(path.parent / "beat_midi.txt")
     parts = read_parts(path)

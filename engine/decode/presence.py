@@ -48,6 +48,7 @@ import numpy as np
 
 from ..music.vocab import Vocabulary
 from .follow import FollowBias
+from .sampling import NEG
 
 PRESENCE_SHARE = 0.5  # at strength 1: the share of note-on probability a silent favoured part gets
 REST_BEATS = 0.5  # a joined part that struck within this many beats (or holds a note) is playing
@@ -55,7 +56,6 @@ RATE_WINDOW_BEATS = 4.0  # a part of the player's band is behind when, over the 
 BEHIND = 1.0  # ... it struck fewer notes than the player's part strikes in that time (measured: at half
 # their rate, band answers kept 0.39 of the real continuation's pitched notes; at their rate 0.50)
 MAX_SHARE = 0.95
-NEG = -1e9  # as sampling.NEG: nothing can be sampled from it
 NEG_HALF = NEG / 2  # logits below this are masked
 
 
@@ -123,8 +123,8 @@ class PresenceFloor:
             self.recent[family].append(tick)
 
     def _behind(self, fi: int, tick: int) -> bool:
-        """A part of the player's band striking under half their part's rate (over the window,
-        or the time since the answer began if shorter)."""
+        """A part of the player's band striking under `BEHIND` times their part's rate (over the
+        window, or the time since the answer began if shorter)."""
         since = tick - self.rate_window
         ticks = self.recent[fi] = [t for t in self.recent[fi] if t > since]
         span = min(tick - self.first_tick, self.rate_window) / self.rate_window

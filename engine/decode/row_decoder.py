@@ -58,7 +58,9 @@ class RowDecoder:
         self._bias = self.shaper.bias
         old = getattr(self, "presence", None)
         self.presence = PresenceFloor(self.vocab, c.strengths, self.follow)
-        self.static = self._bias + self.presence.bias  # the key's bias: `follow.key`, keeping each part's mass
+        # strengths, an explicit key and the unnamed families' cost; the followed key's bias is
+        # added per step by `follow.key`, which keeps each part's probability of playing
+        self.static = self._bias + self.presence.bias
         if old is not None:
             self.presence.carry(old)
 
