@@ -178,7 +178,8 @@ def test_what_was_heard_is_kept_until_a_note_is_played_or_leaves_the_window():
 
 def test_a_part_the_player_did_not_play_joins_on_top_of_their_density():
     """A bass pushed in by its strength is not counted against the piano player's
-    density, nor held back by it: only the families they play keep to their rate."""
+    density: the piano keeps its own rate, and the bass keeps a rate of its own (the
+    player's) -- 4 notes a beat here, over it, so it is held back."""
     from musebridge.engine.decode.row_decoder import RowDecoder
     from musebridge.engine.decode.sampling import Grammar, LogitShaper
 
@@ -193,9 +194,71 @@ def test_a_part_the_player_did_not_play_joins_on_top_of_their_density():
         if tick % 12 == 0:
             row.feed(v.note(v.family_index["piano"], 60, 5))
         row.feed(v.wait(3))
-    shift, applies = row._density_shift()
-    assert shift > 0  # one piano note a beat is below the player's rate: piano is pushed up
-    assert applies[v.note(v.family_index["piano"], 60, 5)] and not applies[v.note(bass, 40, 5)]
+    x = np.zeros(len(v))
+    row._density(x)
+    assert x[v.note(v.family_index["piano"], 60, 5)] > 0  # one piano note a beat is below the player's rate
+    assert x[v.note(bass, 40, 5)] < 0  # the bass over its own rate
+
+
+def band_phrase() -> Piece:
+    """4 bars of a band: drums 8ths on kick, snare and closed hat; bass a note a beat; keys
+    a chord a bar."""
+    notes = []
+    for b in range(16):
+        notes.append(Note(b, 0.9, 36 + (2 if b % 2 else 0), 90, "bass"))
+        for h in (0.0, 0.5):
+            notes.append(Note(b + h, 0.1, 42, 80, "drums"))
+        notes.append(Note(b, 0.1, 38 if b % 2 else 36, 100, "drums"))
+    for bar in range(4):
+        for p in (60, 64, 67):
+            notes.append(Note(bar * 4.0, 3.9, p, 70, "piano"))
+    return Piece(notes=sorted(notes, key=lambda n: n.start))
+
+
+def test_each_part_of_the_band_keeps_its_own_rate():
+    """Drums striking far over their rate are held back while the bass, silent, is pushed
+    up: one rate over the whole band let the drums take the bass's share."""
+    from musebridge.engine.decode.row_decoder import RowDecoder
+    from musebridge.engine.decode.sampling import Grammar, LogitShaper
+
+    v = Vocabulary()
+    heard = PlayerProfile.of_piece(band_phrase()).heard(16.0)
+    row = RowDecoder(v, LogitShaper(v, SamplingControls(seed=0)), Grammar(v), np.random.default_rng(0), heard=heard)
+    drums, bass = v.family_index["drums"], v.family_index["bass"]
+    for _ in range(2 * 12):  # 2 beats of a drum hit every tick (24 a beat; the player's 3 a beat), no bass
+        row.feed(v.note(drums, 42, 5))
+        row.feed(v.note(drums, 42, 0))
+        row.feed(v.wait(1))
+    x = np.zeros(len(v))
+    row._density(x)
+    assert x[v.note(drums, 42, 5)] < -1.0
+    assert x[v.note(bass, 40, 5)] > 1.0
+    assert x[v.note(v.family_index["piano"], 60, 5)] > 0  # (no chord struck in the window either)
+
+
+def test_drums_keep_to_the_kit_the_player_strikes():
+    """Following the groove keeps the drums on the keys the player strikes (kick, snare,
+    hat) without changing how likely the drums are to play; a kit joined by its strength
+    keeps to the core kit (no toms)."""
+    v = Vocabulary()
+    drums = v.family_index["drums"]
+    on = (v.kind == NOTE) & (v.vbin > 0) & (v.family == drums)
+    x = np.full(len(v), -30.0)
+    x[on] = 0.0
+    p_before = np.exp(x)[on].sum() / np.exp(x).sum()
+    heard = PlayerProfile.of_piece(band_phrase()).heard(16.0)
+    f = FollowBias(v, heard, key=0.7, groove=0.5, texture=0.5)
+    y = f.key(x.copy())
+    p = np.exp(y - y.max())
+    assert abs(p[on].sum() / p.sum() - p_before) < 1e-6
+    kit = on & np.isin(v.pitch, [36, 38, 42])
+    assert p[kit].sum() / p[on].sum() > 5 * kit.sum() / on.sum()  # the kit's 3 keys: over 5x their flat share
+    tom = v.note(drums, 45, 5)
+    assert y[tom] < y[v.note(drums, 42, 5)] - 1.5
+    piano_only = PlayerProfile.of_piece(scale_phrase()).heard(16.0)
+    g = FollowBias(v, piano_only, key=0.7, groove=0.5, texture=0.5)
+    z = g.key(x.copy())
+    assert z[tom] < z[v.note(drums, 42, 5)] - 1.5 and z[v.note(drums, 36, 5)] == z[v.note(drums, 42, 5)]
 
 
 def test_the_key_chooses_which_notes_a_part_plays_not_whether_it_plays():
@@ -223,3 +286,13 @@ def test_the_key_chooses_which_notes_a_part_plays_not_whether_it_plays():
         assert abs(plays_now - plays) < 1e-6, strength
         assert in_key_now > least, (strength, in_key_now)
     assert np.array_equal(FollowBias(v, heard, 0.0, 0.0, 0.0).key(x.copy()), x)  # off: untouched
+
+
+def test_a_kit_holds_its_hits_as_briefly_as_hits_sound():
+    """Drum hits are one-shots: a kit held for the beat a pitched note may hold filled its
+    voices and the drums fell silent. The player's kit, and a kit they do not play, hold
+    a hit at most a quarter beat here (their hits last 0.1)."""
+    band = PlayerProfile.of_piece(band_phrase()).heard(16.0)
+    assert band.hold_limit("drums") <= 0.25 and band.hold_limit("bass") >= 1.0
+    piano = PlayerProfile.of_piece(scale_phrase()).heard(16.0)
+    assert piano.hold_limit("drums") <= 0.25 < piano.hold_limit("bass")

@@ -206,6 +206,29 @@ def test_top_p_samples_exactly_the_nucleus_in_proportion(scale):
     assert np.abs(got[top] - want[top]).max() < 4 * np.sqrt(want[top].max() / 30000) + 1e-3
 
 
+def test_top_p_never_cuts_a_part_of_the_band_spread_thin():
+    """A bass whose 100 notes share 4 % of the probability: a nucleus over all tokens cut
+    it whole (one loud part and a rest hold 0.96), so the band lost its bass. Taken part by
+    part it plays its 4 %, its own likeliest notes; a part outside the band is still cut."""
+    from musebridge.engine.decode.sampling import sample_logits
+
+    p = np.zeros(300)
+    p[0] = 0.06  # a rest (part 0: time)
+    p[100] = 0.9  # one likely note of the lead (part 1: ids 100-199)
+    p[200:300] = 0.04 / 100  # the bass, spread thin (part 2)
+    x = np.log(p + 1e-300)
+    parts = np.array([0, 100, 200])
+    n = 20000
+
+    def bass_share(**kw):
+        rng = np.random.default_rng(1)
+        return np.mean([sample_logits(x, 0, 0.95, rng, **kw) >= 200 for _ in range(n)])
+
+    assert bass_share() == 0.0  # the whole-step nucleus
+    assert abs(bass_share(parts=parts, band=np.array([True, True, True])) - 0.04) < 0.006
+    assert bass_share(parts=parts, band=np.array([True, False, False])) == 0.0  # not in the band: cut as before
+
+
 def test_grammar_lets_a_pedal_change_state_at_most_up_then_down_per_instant():
     """A flipped pedal says nothing; pushed by biases a model once flipped one until the guard
     stopped the answer."""

@@ -28,6 +28,14 @@ FOLLOW_WINDOW_BARS = 4  # what "the player's key and groove" means: their last 4
 FOLLOW_HALF_NATS = 2.0  # a follow control at 0.5 shifts a logit by this much
 PROFILE_WEIGHT = 0.5  # the pitch-class profile's pull, as a share of the key's
 KEY_PLAYED_SHARE = 0.05  # a pitch class the player gives this share of their notes' time is in their key
+# The drum keys a kit plays when the player plays none (drums joined by their strength):
+# kicks, snares, side stick, clap, hi-hats, rides and crashes -- no toms, bells or Latin hand
+# percussion, which lifted drums under a piano phrase wandered onto with long fills.
+CORE_KIT = frozenset({35, 36, 37, 38, 39, 40, 42, 44, 46, 49, 51, 53, 57, 59})
+# A kit's hits are one-shots: their length is a few ticks, and a drum note the model held for
+# the beat a pitched part may hold filled the kit's voices, so the drums fell silent after
+# their first bar on band prompts. A kit holds a hit at most this long (or twice the player's).
+DRUM_HOLD_BEATS = 0.25
 NEG = -1e9
 
 # Voices a family sounds at most when the player has not played it: what a part on that
@@ -57,8 +65,11 @@ class Heard:
     pcp: np.ndarray | None = None  # their pitch-class profile (time share per pitch class)
     density: float | None = None  # their note-ons per beat
     onsets: dict[str, int] = field(default_factory=dict)  # family -> note-ons struck in the window
+    kit: frozenset[int] | None = None  # the drum keys they struck (None: they played no drums)
 
     def hold_limit(self, family: str) -> float:
+        if family == "drums":
+            return self.hold.get(family, DRUM_HOLD_BEATS)
         return self.hold.get(family, self.default_hold)
 
     def voice_limit(self, family: str) -> int:
@@ -148,21 +159,24 @@ class PlayerProfile:
         by_family: dict[str, list[Note]] = {}
         for n in notes:
             by_family.setdefault(n.family, []).append(n)
-        hold = {f: _hold_limit([n.duration for n in ns], bar) for f, ns in by_family.items()}
+        hold = {f: _hold_limit([n.duration for n in ns], bar, DRUM_HOLD_BEATS if f == "drums" else 1.0)
+                for f, ns in by_family.items()}
         voices = {f: max(1, _most_at_once(ns)) for f, ns in by_family.items()}
         struck: dict[str, int] = {}
         for n in notes:
             if n.start >= lo:
                 struck[n.family] = struck.get(n.family, 0) + 1
+        kit = frozenset(n.pitch for n in notes if n.family == "drums") or None
         return Heard(key_pcs, estimate_grid(notes), hold, _hold_limit([n.duration for n in notes], bar), voices,
-                     pcp if pcp.any() else None, density, struck)
+                     pcp if pcp.any() else None, density, struck, kit)
 
 
-def _hold_limit(lengths: list[float], bar: float) -> float:
-    """Twice the player's long notes (90th percentile), at least a beat, and no longer
-    than a bar unless they hold notes longer than that themselves."""
+def _hold_limit(lengths: list[float], bar: float, shortest: float = 1.0) -> float:
+    """Twice the player's long notes (90th percentile), at least `shortest` beats (a beat;
+    a kit's `DRUM_HOLD_BEATS`), and no longer than a bar unless they hold notes longer than
+    that themselves."""
     p90 = sorted(lengths)[int(0.9 * (len(lengths) - 1))] if lengths else bar / 2  # (np.percentile: 10x slower)
-    return max(1.0, min(2.0 * p90, max(bar, p90)))
+    return max(shortest, min(2.0 * p90, max(bar, p90)))
 
 
 def _most_at_once(notes: list[Note]) -> int:
@@ -180,12 +194,14 @@ class _Layout:
 
     on: np.ndarray  # note-on ids (mask)
     pitched: np.ndarray  # ids of pitched (not drum) note-ons
+    drum_ons: np.ndarray  # ids of drum note-ons
     pitched_pc: np.ndarray  # their pitch classes
     wait_ids: np.ndarray
     wait_ticks: np.ndarray
     fam_range: list[tuple[int, int]]  # per family: its note ids [lo, hi), contiguous
     fam_starts: np.ndarray  # first id of each block (families' notes and what lies between)
     fam_sizes: np.ndarray  # ids in each block
+    time_blocks: np.ndarray  # the blocks holding rests (mask over blocks)
 
 
 _LAYOUTS: dict[int, tuple[Vocabulary, _Layout]] = {}
@@ -206,8 +222,12 @@ def _layout(v: Vocabulary) -> _Layout:
     # blocks covering every id, for one reduceat per step: each family's notes, and the gaps between
     edges = sorted({0, len(v), *(e for r in ranges if r[1] > r[0] for e in r)})
     starts = np.array(edges[:-1], np.int64)
-    lay = _Layout(on, pitched, v.pitch[pitched] % 12, wait_ids, v.value[wait_ids].astype(np.int64), ranges,
-                  starts, np.diff(np.array(edges, np.int64)))
+    drum_ons = np.nonzero(on & drums[np.maximum(v.family, 0)])[0]
+    block_of_wait = np.searchsorted(starts, wait_ids, side="right") - 1
+    time_blocks = np.zeros(len(starts), bool)
+    time_blocks[block_of_wait] = True
+    lay = _Layout(on, pitched, drum_ons, v.pitch[pitched] % 12, wait_ids, v.value[wait_ids].astype(np.int64), ranges,
+                  starts, np.diff(np.array(edges, np.int64)), time_blocks)
     _LAYOUTS[id(v)] = (v, lay)
     return lay
 
@@ -230,11 +250,19 @@ class FollowBias:
                 share = 0.5 * heard.pcp + 0.5 / 12
                 pc_bias[inside] += PROFILE_WEIGHT * follow_nats(key) * np.log(share / share.max())[inside]
             self.static[lay.pitched] = pc_bias[lay.pitched_pc]
-        self.keyed = bool(self.static.any())
-        self.key_gain = np.exp(self.static.astype(np.float64))  # 0 where the key masks (strict)
-        # groove: note-ons at a tick of the beat off the player's grid
+        # groove: note-ons at a tick of the beat off the player's grid, and drum keys off their kit
         self.off_grid: np.ndarray | None = None
         self.groove_nats = follow_nats(groove)
+        if heard is not None and groove > 0 and len(lay.drum_ons):
+            # The kit is part of the groove: a drummer who plays kick, snare and hats goes on on
+            # them. Answers to Groove and band prompts put 15 % of their hits on keys the prompt
+            # never struck (toms, bells, congas), the real continuations 1.6 %.
+            kit = heard.kit if heard.kit is not None else CORE_KIT
+            off_kit = ~np.isin(v.pitch[lay.drum_ons], sorted(kit))
+            self.static[lay.drum_ons[off_kit]] = max(-self.groove_nats, NEG)
+        # which notes a part plays (its key, its kit), never whether it plays: see `key`
+        self.keyed = bool(self.static.any())
+        self.key_gain = np.exp(self.static.astype(np.float64))  # 0 where the key masks (strict)
         if heard is not None and heard.grid is not None and groove > 0 and tpb:
             self.off_grid = np.array([heard.grid.distance(t / tpb) > GRID_TOLERANCE for t in range(tpb)])
         self.tpb = tpb
@@ -242,28 +270,35 @@ class FollowBias:
         self.on_mask = on
         self.wait_ids, self.wait_ticks = lay.wait_ids, lay.wait_ticks
         self.longest_wait = int(lay.wait_ticks.max())
-        self.target_density = heard.density if heard is not None and texture > 0 else None
         self.density_weight = min(2.0 * texture, 1.0)
-        # The density target is the player's, for the families they play: a part they
-        # did not play (a bass or drums pushed in by its strength) joins on top of it,
-        # neither counted nor held back (measured: counted, it squeezed a favoured bass
-        # to 2 notes in 4 bars of a piano phrase).
-        played = [v.family_index[f] for f in (heard.voices if heard is not None else {}) if f in v.family_index]
-        self.counted = on & np.isin(v.family, played) if played else on
+        # The density target is the player's, per family they play: each part at the rate they
+        # play it. A part they did not play (a bass or drums pushed in by its strength) joins on
+        # top, neither counted nor held back (measured: counted, it squeezed a favoured bass to
+        # 2 notes in 4 bars of a piano phrase).
+        self.family_density: dict[int, float] = {}  # family -> their note-ons per beat on it
+        if heard is not None and texture > 0 and heard.density is not None:
+            struck = {v.family_index[f]: n for f, n in heard.onsets.items() if f in v.family_index}
+            total = sum(struck.values())
+            for f in heard.voices:
+                if f in v.family_index:
+                    fi = v.family_index[f]
+                    self.family_density[fi] = heard.density * struck.get(fi, 0) / total if total else 0.0
         # per family: its note ids [lo, hi) (contiguous), its hold limit (ticks) and voices
         per = self.ticks_per_unit = ticks_per_unit(v)
         self.fam_range = lay.fam_range
         self.fam_starts, self.fam_sizes = lay.fam_starts, lay.fam_sizes
+        self.time_blocks = lay.time_blocks
         h = heard if heard is not None else Heard(None, None)
         self.hold_ticks = [h.hold_limit(f.name) * per for f in v.families]
         self.default_hold_ticks = h.default_hold * per  # the player's hold limit over all their notes
         self.voices = [h.voice_limit(f.name) for f in v.families]
 
     def key(self, x: np.ndarray) -> np.ndarray:
-        """Add the key's bias to `x` in place, keeping each family's note-on probability.
+        """Add the key's (and the kit's) bias to `x` in place, keeping each family's note-on probability.
 
-        The key chooses *which* notes a part plays, not *whether* it plays: the mass its
-        bias takes from a family's notes outside the key goes to that family's notes in it.
+        The key chooses *which* notes a part plays, not *whether* it plays (the kit, which
+        drums a kit strikes): the mass its bias takes from a family's notes outside the key
+        goes to that family's notes in it.
         A plain bias moved it to rests and other families instead, so a model unsure of the
         pitch (band prompts, where it spreads a part over all twelve pitch classes) thinned
         out as the key got stricter: pitched notes at 0.15 of the real continuation's at

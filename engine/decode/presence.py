@@ -56,6 +56,14 @@ RATE_WINDOW_BEATS = 4.0  # a part of the player's band is behind when, over the 
 BEHIND = 1.0  # ... it struck fewer notes than the player's part strikes in that time (measured: at half
 # their rate, band answers kept 0.39 of the real continuation's pitched notes; at their rate 0.50)
 MAX_SHARE = 0.95
+# A joined part's rate (note-ons per beat): a kit at the median of Groove's performances
+# (4.5 a beat on its test split); any other part at the player's own rate. Free, joined drums
+# whose hits no longer filled their voices struck 14 a beat under piano phrases.
+JOINED_RATE = {"drums": 4.5}
+JOINED_CEILING = 1.5  # ... and at most this many times that over the last `CEILING_BEATS`: the
+# density rule's soft pull (-1 nat at three times the rate) did not hold back a part turned up
+# by 5-8 nats, and joined drums still struck 13-15 a beat
+CEILING_BEATS = 1.0  # (over 4 beats the kit struck in bursts: a bar's worth of hits, then silence)
 NEG_HALF = NEG / 2  # logits below this are masked
 
 
@@ -69,11 +77,13 @@ class PresenceFloor:
         self.hold_ticks = follow.default_hold_ticks  # a joined part's notes: the player's hold limit
         self.family_hold = follow.hold_ticks  # a part of theirs: that part's own limit
         self.voices = follow.voices
+        self.drums = vocab.family_index.get("drums")
         self.wait_ids, self.wait_ticks = follow.wait_ids, follow.wait_ticks
         self.off_grid, self.tpb = follow.off_grid, follow.tpb  # None: no grid heard, or groove not followed
         per = follow.ticks_per_unit
         self.rest_ticks = REST_BEATS * per
         self.rate_window = RATE_WINDOW_BEATS * per
+        self.ceiling_window = CEILING_BEATS * per
         heard = follow.heard
         played = set(heard.voices) if heard is not None else set()
         self.share: dict[int, float] = {}  # family -> its floor
@@ -83,11 +93,17 @@ class PresenceFloor:
         self.expected: dict[int, float] = {}  # a part of the player's band: its onsets in a full window
         self.recent: dict[int, list[int]] = {}  # ... and the ticks it struck at, within the window
         self.first_tick: int | None = None
+        self.joined_rate: dict[int, float] = {}  # joined family -> its note-ons per beat
+        self.joined_recent: dict[int, list[int]] = {}  # ... and the ticks it struck at, within the window
+        density = heard.density if heard is not None else None
         for fam, s in strengths.items():
             if s > 0.5 and fam not in played and fam in vocab.family_index:
                 fi = vocab.family_index[fam]
                 self.share[fi] = min(PRESENCE_SHARE * (2.0 * s - 1.0), MAX_SHARE)
                 self.joined.add(fi)
+                if density is not None:
+                    self.joined_rate[fi] = JOINED_RATE.get(fam, density)
+                    self.joined_recent[fi] = []
         # a family neither played nor asked for: each of its note-ons costs the texture's nats
         self.bias = np.zeros(len(vocab))
         if played and follow.texture_nats > 0:
@@ -104,6 +120,10 @@ class PresenceFloor:
                 self.expected[fi] = (heard.density or 0.0) * n / total * RATE_WINDOW_BEATS
                 self.recent[fi] = []
 
+    def rates(self) -> dict[int, float]:
+        """Each joined part's rate for the density rule (none without the player's density)."""
+        return self.joined_rate
+
     def __bool__(self) -> bool:
         return bool(self.share)
 
@@ -112,6 +132,8 @@ class PresenceFloor:
         self.last_onset, self.first_tick = old.last_onset, old.first_tick
         for fi in self.recent:
             self.recent[fi] = list(old.recent.get(fi, []))
+        for fi in self.joined_recent:
+            self.joined_recent[fi] = list(old.joined_recent.get(fi, []))
 
     def struck(self, family: int, tick: int) -> None:
         self.last_onset[family] = tick
@@ -121,6 +143,8 @@ class PresenceFloor:
             self.instant[1][family] = self.instant[1].get(family, 0) + 1
         if family in self.recent:
             self.recent[family].append(tick)
+        if family in self.joined_recent:
+            self.joined_recent[family].append(tick)
 
     def _behind(self, fi: int, tick: int) -> bool:
         """A part of the player's band striking under `BEHIND` times their part's rate (over the
@@ -169,7 +193,8 @@ class PresenceFloor:
         return x
 
     def limit(self, fi: int) -> float:
-        return self.hold_ticks if fi in self.joined else self.family_hold[fi]
+        """A joined part holds notes as long as the player's do (a kit: as its hits, `Heard.hold_limit`)."""
+        return self.hold_ticks if fi in self.joined and fi != self.drums else self.family_hold[fi]
 
     def _bound(self, x: np.ndarray, tick: int, held: dict[tuple[int, int], int], beat_tick: int) -> bool:
         """The parts' hold limits and a joined part's grid; True when only a note-off may come next."""
@@ -185,8 +210,14 @@ class PresenceFloor:
             x[self.wait_ids[self.wait_ticks > max(deadline - tick, 1)]] = NEG
         off_grid = self.off_grid is not None and self.off_grid[beat_tick % self.tpb]
         struck = self.instant[1] if self.instant[0] == tick else {}
-        for fi in self.joined:  # off the player's grid, or as many notes at once as the part sounds: no more
-            if off_grid or struck.get(fi, 0) >= self.voices[fi]:
+        since = tick - self.ceiling_window
+        for fi in self.joined:  # off the player's grid, as many notes at once as the part sounds, or past its rate: no more
+            if fi in self.joined_recent:
+                recent = self.joined_recent[fi] = [t for t in self.joined_recent[fi] if t > since]
+                over = len(recent) >= JOINED_CEILING * self.joined_rate[fi] * CEILING_BEATS
+            else:
+                over = False
+            if off_grid or over or struck.get(fi, 0) >= self.voices[fi]:
                 lo, hi = self.fam_range[fi]
                 x[lo:hi][self.on[lo:hi]] = NEG
         return False

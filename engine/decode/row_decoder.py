@@ -40,10 +40,10 @@ class RowDecoder:
         self.grid_offset = grid_offset  # the grid is read on the beat: the beat tick this row's tick 0 falls on
         self._follow_controls()
         self.held: dict[tuple[int, int], int] = dict(held or {})  # (family, pitch) -> onset tick
-        # (tick, of a family the player plays): ticks, not times, so that a row starting at
+        # (tick, family) of each note-on: ticks, not times, so that a row starting at
         # tick 0 (offline) and one at the stream's tick (live) drop an onset from the window
         # on the same step (float times disagreed at the edge, and the two paths parted)
-        self.onsets: list[tuple[int, bool]] = []
+        self.onsets: list[tuple[int, int]] = []
         self.window = DENSITY_WINDOW_BEATS if vocab.config.time_mode == "beats" else 1.0
         self.window_ticks = round(self.window * ticks_per_unit(vocab))
         self.start_tick = tick
@@ -63,6 +63,16 @@ class RowDecoder:
         self.static = self._bias + self.presence.bias
         if old is not None:
             self.presence.carry(old)
+        # the density rule's rate per family: the player's parts at theirs, a joined part at its own
+        self.rates = dict(self.follow.family_density)
+        if self.rates:
+            self.rates.update(self.presence.rates())
+        # the parts top-p never cuts (`sample_logits`): rests, the player's families, those turned up
+        band = set(self.follow.family_density) | set(self.presence.share) | self.presence.joined
+        if self.heard is not None:
+            band |= {self.vocab.family_index[f] for f in self.heard.voices if f in self.vocab.family_index}
+        self.band_parts = self.follow.time_blocks | np.isin(self.follow.fam_starts,
+                                                            [self.follow.fam_range[fi][0] for fi in band])
 
     @property
     def tick(self) -> int:
@@ -72,16 +82,30 @@ class RowDecoder:
     def time(self) -> float:
         return self.dec.time
 
-    def _density_shift(self) -> tuple[float, np.ndarray]:
-        """The density rule's logit and the note-ons it applies to: an explicit `density`
-        counts every note; the player's own (texture) counts the families they play."""
+    def _density(self, x: np.ndarray) -> None:
+        """The density rule, in place on `x`: an explicit `density` moves every note-on
+        towards it; the player's own (texture) keeps each family they play at its own rate.
+
+        One rate over all their families let a part take the others' share: on band prompts
+        the drums struck 1.4x the prompt's rate while guitar, bass and keys fell to 0.6x
+        (24 band test prompts x 2 seeds), and the band came out as a drum solo with pads."""
         self.onsets = [o for o in self.onsets if o[0] > self.dec.tick - self.window_ticks]
         if self.dec.tick - self.start_tick < self.window_ticks:
-            return 0.0, self.follow.on_mask
-        if self.shaper.controls.density is None and self.follow.target_density is not None:  # the player's own
-            rate = sum(counted for _, counted in self.onsets) / self.window
-            return self.follow.density_weight * density_shift(self.follow.target_density, rate), self.follow.counted
-        return self.shaper.density_bias(len(self.onsets) / self.window), self.follow.on_mask
+            return
+        if self.shaper.controls.density is None and self.rates:  # the player's own
+            counts: dict[int, int] = {}
+            for _, fi in self.onsets:
+                counts[fi] = counts.get(fi, 0) + 1
+            on = self.follow.on_mask
+            for fi, target in self.rates.items():
+                shift = self.follow.density_weight * density_shift(target, counts.get(fi, 0) / self.window)
+                if shift:
+                    lo, hi = self.follow.fam_range[fi]
+                    x[lo:hi] += shift * on[lo:hi]
+            return
+        shift = self.shaper.density_bias(len(self.onsets) / self.window)
+        if shift:
+            x += shift * self.follow.on_mask
 
     def sample(self, logits: np.ndarray, extra: np.ndarray | None = None) -> int:
         """The next token under controls, grammar, density, follow biases and `extra`."""
@@ -92,16 +116,14 @@ class RowDecoder:
         if extra is not None:
             x += extra
         self.follow.key(x)
-        density, applies_to = self._density_shift()
-        if density:
-            x += density * applies_to
+        self._density(x)
         beat_tick = self.dec.tick + self.grid_offset
         groove = self.follow.note_on_shift(beat_tick)
         if groove:
             x += groove * self.follow.on_mask
         self.follow.texture(x, self.dec.tick, self.held)
         self.presence.apply(x, self.dec.tick, self.held, beat_tick)
-        return sample_logits(x, c.top_k, c.top_p, self.rng, c.min_p)
+        return sample_logits(x, c.top_k, c.top_p, self.rng, c.min_p, self.follow.fam_starts, self.band_parts)
 
     def feed(self, token: int) -> list[Event]:
         """Take `token` as sampled: checked by the guard, then grammar, clock and holds."""
@@ -111,7 +133,7 @@ class RowDecoder:
         if v.kind[token] == NOTE:
             key = (int(v.family[token]), int(v.pitch[token]))
             if v.vbin[token] > 0:
-                self.onsets.append((self.dec.tick, bool(self.follow.counted[token])))
+                self.onsets.append((self.dec.tick, key[0]))
                 self.presence.struck(key[0], self.dec.tick)
                 if v.has_note_off(key[0]):
                     self.held[key] = self.dec.tick
