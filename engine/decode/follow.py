@@ -253,7 +253,7 @@ class FollowBias:
         # groove: note-ons at a tick of the beat off the player's grid, and drum keys off their kit
         self.off_grid: np.ndarray | None = None
         self.groove_nats = follow_nats(groove)
-        if heard is not None and groove > 0 and len(lay.drum_ons):
+        if heard is not None and heard.voices and groove > 0 and len(lay.drum_ons):  # (a player heard)
             # The kit is part of the groove: a drummer who plays kick, snare and hats goes on on
             # them. Answers to Groove and band prompts put 15 % of their hits on keys the prompt
             # never struck (toms, bells, congas), the real continuations 1.6 %.

@@ -71,6 +71,9 @@ class RowDecoder:
         band = set(self.follow.family_density) | set(self.presence.share) | self.presence.joined
         if self.heard is not None:
             band |= {self.vocab.family_index[f] for f in self.heard.voices if f in self.vocab.family_index}
+        # No band (nothing heard, nothing turned up: a clip from silence): nothing to keep, so
+        # the nucleus is the whole step's, as it always was
+        self.parts = self.follow.fam_starts if band else None
         self.band_parts = self.follow.time_blocks | np.isin(self.follow.fam_starts,
                                                             [self.follow.fam_range[fi][0] for fi in band])
 
@@ -123,7 +126,7 @@ class RowDecoder:
             x += groove * self.follow.on_mask
         self.follow.texture(x, self.dec.tick, self.held)
         self.presence.apply(x, self.dec.tick, self.held, beat_tick)
-        return sample_logits(x, c.top_k, c.top_p, self.rng, c.min_p, self.follow.fam_starts, self.band_parts)
+        return sample_logits(x, c.top_k, c.top_p, self.rng, c.min_p, self.parts, self.band_parts)
 
     def feed(self, token: int) -> list[Event]:
         """Take `token` as sampled: checked by the guard, then grammar, clock and holds."""
