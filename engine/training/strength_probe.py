@@ -70,7 +70,9 @@ def probe_prompt(runtime, prompt: Piece, family: str, seeds: int = SEEDS) -> dic
         controls = SamplingControls(seed=seed, strengths={family: 1.0})
         clip = generate(runtime, prompt, BARS, controls, prompt.style, prompt_end=prompt_end)[0].piece
         part = [n for n in clip.notes if n.family == family]
-        row = {"seed": seed, "notes": len(part), "joined": len(part) >= MIN_PART_NOTES}
+        # its notes a beat: a part turned up must play, but like a part (a kit at 14 hits a beat is not one)
+        row = {"seed": seed, "notes": len(part), "per_beat": round(len(part) / (BARS * bar), 2),
+               "joined": len(part) >= MIN_PART_NOTES}
         if family == "drums":
             row["on_grid"] = on_grid_share(part, grid) if part else None
         else:
@@ -80,7 +82,8 @@ def probe_prompt(runtime, prompt: Piece, family: str, seeds: int = SEEDS) -> dic
     fit = "on_grid" if family == "drums" else "in_key"
     values = [r[fit] for r in joined if r[fit] is not None]
     return {"family": family, "seeds_joined": len(joined), "seeds": seeds,
-            fit: round(sum(values) / len(values), 3) if values else None, "per_seed": rows}
+            fit: round(sum(values) / len(values), 3) if values else None,
+            "per_beat": round(sum(r["per_beat"] for r in rows) / len(rows), 2), "per_seed": rows}
 
 
 def probe(model: str | None, data: str | None = None, limit: int = 6, families: tuple[str, ...] = ("bass", "drums")) -> dict:
@@ -97,7 +100,8 @@ def probe(model: str | None, data: str | None = None, limit: int = 6, families: 
         vals = [r[fit] for r in rows if r[fit] is not None]
         out[f] = {"prompts_meeting_target": sum(ok), "prompts": len(rows),
                   "median_seeds_joined": sorted(r["seeds_joined"] for r in rows)[len(rows) // 2] if rows else None,
-                  f"mean_{fit}": round(sum(vals) / len(vals), 3) if vals else None}
+                  f"mean_{fit}": round(sum(vals) / len(vals), 3) if vals else None,
+                  "mean_per_beat": round(sum(r["per_beat"] for r in rows) / len(rows), 2) if rows else None}
     return out
 
 
