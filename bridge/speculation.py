@@ -50,6 +50,7 @@ class AnswerRun:
                  t0: float):
         self.tl, self.ans, self.mark_every, self.clock, self.t0 = tl, ans, mark_every, clock, t0
         tl._advance_to(start)
+        tl.make_room_for(start, end)  # a slide between its notes would send the rest late
         tpb = tl.tpb
         held = {(tl.vocab.family_index[f], p): round(onset * tpb) for (f, p), onset in tl.stream.model_sounding.items()}
         self.row = RowDecoder(tl.vocab, shaper, tl.stream.grammar, rng, tl.profile.heard(tl._beat),
@@ -147,14 +148,17 @@ class Speculation:
 def speculate(tl: "Timeline", key: tuple, shaper: LogitShaper, rng: np.random.Generator, tokens: int,
               budget_s: float, clock: Callable[[], float]) -> None:
     """`Timeline.speculate`: go on with the speculation for `key`, or start it (rewinding
-    one that no longer matches); none where the window is near its slide."""
+    one that no longer matches). Near the window's slide it slides first: the answer then
+    fits, and no slide stalls it between its notes."""
     spec = tl.speculation
     if spec is not None and not spec.matches(key, shaper, rng):
         tl.drop_speculation()
         spec = None
     if spec is None:
         if tl.rt.position + ROOM + tokens > tl.rt.context:
-            return  # the answer will slide the window: nothing to speculate across
+            tl.make_room_for(key[0], key[1])  # slide now, in the silence, not between the answer's notes
+        if tl.rt.position + ROOM + tokens > tl.rt.context:
+            return  # (sliding freed nothing: nothing to speculate across)
         t0 = clock()
         spec = tl.speculation = Speculation(tl, key, shaper, rng)
         budget_s -= clock() - t0  # the rest to the line and the row decoder came out of this wake's budget

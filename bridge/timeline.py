@@ -35,6 +35,8 @@ from . import speculation
 from .answers import Answer, Candidate, RankedAnswer  # noqa: F401 (the timeline's records)
 from .speculation import SPECULATE_BUDGET_S, SPECULATE_TOKENS, AnswerRun, Speculation
 
+SLIDE_MARGIN = 64  # tokens beyond twice an answer's expected ones that must fit before it starts
+
 # what generate_ranked expects scoring and playing the winner to take, a candidate, until it
 # has timed them (the shipped critic reads a window in 5-20 ms on one thread here)
 FIRST_FINISH_S = 0.03
@@ -147,6 +149,20 @@ class Timeline:
             self.stream.logits = self.rt.append(toks)
         return len(toks)
 
+    def make_room_for(self, start: float, end: float) -> None:
+        """Slide the window now if the answer from `start` to `end` (beats) might not fit.
+
+        A slide re-prefills three quarters of the context: measured at context 4,096 on 2
+        cores, 0.34 s on ONNX Runtime and 1.6 s on eager PyTorch. Between two notes of an answer
+        that stall sent the rest late (after a 2,000-note flood, 25-36 messages reached the
+        scheduler after they were due); before the answer -- in the phrase-ending silence,
+        where the answer is speculated -- it costs no note. A slide also voids the marks a
+        barge-in rewinds to, so it is made before the answer's first mark."""
+        beats = max(end - start, 0.0)
+        room = self.rt.make_room(int(2 * self._cost["tokens_per_beat"] * beats) + SLIDE_MARGIN)
+        if room is not None:
+            self.stream.logits = room
+
     def _track_model(self, ev: Event) -> None:
         if isinstance(ev, NoteOn):
             self.stream.model_sounding[(ev.family, ev.pitch)] = ev.time
@@ -256,9 +272,7 @@ class Timeline:
             return RankedAnswer(**vars(ans), sample_s=clock() - t0)
         cost, beats = self._cost, max(end - start, 1e-9)
         self.advance_to(start)  # (ranked answers are not speculated: this rewinds any speculation)
-        room = self.rt.make_room(int(2 * cost["tokens_per_beat"] * beats) + 64)  # a slide would void the mark
-        if room is not None:
-            self.stream.logits = room
+        self.make_room_for(start, end)  # (before the mark: a slide would void it)
         self._mark()
         base, kept = self.marks[-1], list(self.marks)
         prompt = list(self.rt.history[0])
