@@ -198,3 +198,22 @@ def test_a_joined_part_strikes_no_more_notes_at_once_than_the_part_sounds():
     assert f.voices[drums] == 3
     assert (f.apply(x.copy(), 12, {})[lo:hi][ON[lo:hi]] < -1e8).all()  # a kit's three at this instant
     assert not (f.apply(x.copy(), 15, {})[lo:hi][ON[lo:hi]] < -1e8).all()  # the next instant: free again
+
+
+def test_a_bass_turned_up_under_a_piano_keeps_to_a_bass_register():
+    """A joined bass followed the piano up to the bass family's top (MIDI 67): its notes
+    above G3 now cost the texture's nats, and the bass keeps its probability of playing."""
+    heard = PlayerProfile.of_piece(PHRASE).heard(8.0)
+    follow = FollowBias(V, heard, key=0.0, groove=0.0, texture=0.5)
+    follow.prefer(PresenceFloor(V, {"bass": 1.0}, follow).off_register(), follow.texture_nats)
+    mine = ON & (V.family == BASS)
+    x = np.where(mine, 0.0, -30.0)
+    x[V.wait(3)] = 0.0
+    y = follow.key(x.copy())
+    assert y[V.note(BASS, 64, 5)] < y[V.note(BASS, 40, 5)] - 1.5
+    p0, p1 = np.exp(x), np.exp(y)
+    assert abs(p1[mine].sum() / p1.sum() - p0[mine].sum() / p0.sum()) < 1e-9
+    # and the row decoder applies it to a bass joined under the piano
+    row = RowDecoder(V, LogitShaper(V, SamplingControls(seed=0, strengths={"bass": 1.0})), Grammar(V),
+                     np.random.default_rng(0), heard=heard)
+    assert row.follow.static[V.note(BASS, 64, 5)] < row.follow.static[V.note(BASS, 40, 5)]

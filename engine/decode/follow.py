@@ -293,6 +293,15 @@ class FollowBias:
         self.default_hold_ticks = h.default_hold * per  # the player's hold limit over all their notes
         self.voices = [h.voice_limit(f.name) for f in v.families]
 
+    def prefer(self, avoid: np.ndarray, nats: float) -> None:
+        """Charge `nats` on the note-ons `avoid` marks, as the key does: the part keeps its
+        probability of playing, and it moves to that part's other notes (`key`)."""
+        if nats <= 0 or not avoid.any():
+            return
+        self.static[avoid & self.on_mask] += max(-nats, NEG)
+        self.keyed = True
+        self.key_gain = np.exp(self.static.astype(np.float64))
+
     def key(self, x: np.ndarray) -> np.ndarray:
         """Add the key's (and the kit's) bias to `x` in place, keeping each family's note-on probability.
 

@@ -64,6 +64,10 @@ JOINED_CEILING = 1.5  # ... and at most this many times that over the last `CEIL
 # density rule's soft pull (-1 nat at three times the rate) did not hold back a part turned up
 # by 5-8 nats, and joined drums still struck 13-15 a beat
 CEILING_BEATS = 1.0  # (over 4 beats the kit struck in bursts: a bar's worth of hits, then silence)
+# Where a joined part plays when nothing the player plays says where (MIDI pitches): a bass
+# turned up under a piano phrase followed the piano up to the bass family's top (67), where the
+# band data's basses play 28-46 (1st to 99th percentile) and a bass guitar's line stays below G3.
+JOINED_REGISTER = {"bass": (28, 55)}
 NEG_HALF = NEG / 2  # logits below this are masked
 
 
@@ -123,6 +127,18 @@ class PresenceFloor:
     def rates(self) -> dict[int, float]:
         """Each joined part's rate for the density rule (none without the player's density)."""
         return self.joined_rate
+
+    def off_register(self) -> np.ndarray:
+        """The note ids of joined parts outside their register (`JOINED_REGISTER`)."""
+        out = np.zeros(len(self.vocab), bool)
+        names = {fi: f for f, fi in self.vocab.family_index.items()}
+        for fi in self.joined:
+            reg = JOINED_REGISTER.get(names[fi])
+            if reg is not None:
+                lo, hi = self.fam_range[fi]
+                pitch = self.vocab.pitch[lo:hi]
+                out[lo:hi] = (pitch < reg[0]) | (pitch > reg[1])
+        return out
 
     def __bool__(self) -> bool:
         return bool(self.share)

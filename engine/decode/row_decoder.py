@@ -58,6 +58,8 @@ class RowDecoder:
         self._bias = self.shaper.bias
         old = getattr(self, "presence", None)
         self.presence = PresenceFloor(self.vocab, c.strengths, self.follow)
+        if self.heard is not None and self.heard.voices:  # a joined part in its register, against a player
+            self.follow.prefer(self.presence.off_register(), self.follow.texture_nats)
         # strengths, an explicit key and the unnamed families' cost; the followed key's bias is
         # added per step by `follow.key`, which keeps each part's probability of playing
         self.static = self._bias + self.presence.bias
