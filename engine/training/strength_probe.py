@@ -25,6 +25,7 @@ import math
 from ..decode.backends import open_runtime
 from ..decode.continuation_bench import cases_from_split
 from ..decode.generate import generate
+from ..decode.presence import JOINED_REGISTER
 from ..decode.sampling import SamplingControls
 from ..music.events import Note, Piece, Tempo, TimeSignature
 from ..music.music_metrics import estimate_grid, estimate_key, in_scale_share, on_grid_share
@@ -77,12 +78,17 @@ def probe_prompt(runtime, prompt: Piece, family: str, seeds: int = SEEDS) -> dic
             row["on_grid"] = on_grid_share(part, grid) if part else None
         else:
             row["in_key"] = in_scale_share(part, key) if part else None
+            if family in JOINED_REGISTER:  # a bass that follows the piano up is not a bass line
+                top = JOINED_REGISTER[family][1]
+                row["above_register"] = round(sum(n.pitch > top for n in part) / len(part), 3) if part else None
         rows.append(row)
     joined = [r for r in rows if r["joined"]]
     fit = "on_grid" if family == "drums" else "in_key"
     values = [r[fit] for r in joined if r[fit] is not None]
+    high = [r["above_register"] for r in rows if r.get("above_register") is not None]
     return {"family": family, "seeds_joined": len(joined), "seeds": seeds,
             fit: round(sum(values) / len(values), 3) if values else None,
+            **({"above_register": round(sum(high) / len(high), 3)} if high else {}),
             "per_beat": round(sum(r["per_beat"] for r in rows) / len(rows), 2), "per_seed": rows}
 
 
@@ -102,6 +108,9 @@ def probe(model: str | None, data: str | None = None, limit: int = 6, families: 
                   "median_seeds_joined": sorted(r["seeds_joined"] for r in rows)[len(rows) // 2] if rows else None,
                   f"mean_{fit}": round(sum(vals) / len(vals), 3) if vals else None,
                   "mean_per_beat": round(sum(r["per_beat"] for r in rows) / len(rows), 2) if rows else None}
+        high = [r["above_register"] for r in rows if r.get("above_register") is not None]
+        if high:
+            out[f]["mean_above_register"] = round(sum(high) / len(high), 3)
     return out
 
 
