@@ -34,7 +34,10 @@ player's (`Heard.default_hold`), a part of theirs its own. A joined part also ke
 player's grid when the groove is followed (drums learnt from Groove's human timing landed
 0.63 of their hits on a piano phrase's grid) and strikes no more notes at one instant than
 the part sounds at once (`follow.DEFAULT_VOICES`: a kit 3; lifted drums under a piano phrase
-otherwise struck walls of a dozen drum keys at a time, as if they were piano chords).
+otherwise struck walls of a dozen drum keys at a time, as if they were piano chords). It has a
+rate of its own (`JOINED_RATE`, which the row's density rule pulls it towards) with a ceiling
+over the last beat, and a bass keeps to a bass register (`JOINED_REGISTER`, charged through
+`FollowBias.prefer`, so the bass keeps its probability of playing).
 
 And a family neither played nor asked for pays the texture's nats on each note-on: on band
 prompts the model spread a third of its notes over families the band did not have.
@@ -97,7 +100,7 @@ class PresenceFloor:
         self.expected: dict[int, float] = {}  # a part of the player's band: its onsets in a full window
         self.recent: dict[int, list[int]] = {}  # ... and the ticks it struck at, within the window
         self.first_tick: int | None = None
-        self.joined_rate: dict[int, float] = {}  # joined family -> its note-ons per beat
+        self.joined_rate: dict[int, float] = {}  # joined family -> its note-ons per beat (the density rule's)
         self.joined_recent: dict[int, list[int]] = {}  # ... and the ticks it struck at, within the window
         density = heard.density if heard is not None else None
         for fam, s in strengths.items():
@@ -124,16 +127,11 @@ class PresenceFloor:
                 self.expected[fi] = (heard.density or 0.0) * n / total * RATE_WINDOW_BEATS
                 self.recent[fi] = []
 
-    def rates(self) -> dict[int, float]:
-        """Each joined part's rate for the density rule (none without the player's density)."""
-        return self.joined_rate
-
     def off_register(self) -> np.ndarray:
         """The note ids of joined parts outside their register (`JOINED_REGISTER`)."""
         out = np.zeros(len(self.vocab), bool)
-        names = {fi: f for f, fi in self.vocab.family_index.items()}
         for fi in self.joined:
-            reg = JOINED_REGISTER.get(names[fi])
+            reg = JOINED_REGISTER.get(self.vocab.families[fi].name)
             if reg is not None:
                 lo, hi = self.fam_range[fi]
                 pitch = self.vocab.pitch[lo:hi]

@@ -68,9 +68,9 @@ class RowDecoder:
         # the density rule's rate per family: the player's parts at theirs, a joined part at its own
         self.rates = dict(self.follow.family_density)
         if self.rates:
-            self.rates.update(self.presence.rates())
+            self.rates.update(self.presence.joined_rate)
         # the parts top-p never cuts (`sample_logits`): rests, the player's families, those turned up
-        band = set(self.follow.family_density) | set(self.presence.share) | self.presence.joined
+        band = set(self.presence.share)  # (those turned up, and the player's band under a floor)
         if self.heard is not None:
             band |= {self.vocab.family_index[f] for f in self.heard.voices if f in self.vocab.family_index}
         # No band (nothing heard, nothing turned up: a clip from silence): nothing to keep, so

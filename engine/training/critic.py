@@ -157,6 +157,17 @@ def generated_windows(runtime, shards, split: str, n: int, length: int, prompt_l
     return out
 
 
+def separation(critic: SequenceClassifier, vocab: Vocabulary, real: list[np.ndarray], generated: list[np.ndarray],
+               length: int) -> dict[str, float]:
+    """How well a critic tells `real` windows from `generated` ones: accuracy, and AUC (the
+    chance a real window scores above a generated one: what ranking by it relies on)."""
+    p = predict(critic, real + generated, vocab, length)
+    truth = np.array([0] * len(real) + [1] * len(generated))
+    score = p[:, 0]
+    return {"accuracy": float((p.argmax(1) == truth).mean()),
+            "auc": float(np.mean(score[: len(real), None] > score[None, len(real):]))}
+
+
 def train_critic(generator: str | Path | None, data: str | Path, out: str | Path, samples: int = 256, steps: int = 300,
                  length: int = 512, prompt_len: int = 64, seed: int = 0) -> dict:
     """Fit the critic on real windows vs the generator's own; report held-out accuracy."""
@@ -176,9 +187,7 @@ def train_critic(generator: str | Path | None, data: str | Path, out: str | Path
     windows = real[:samples] + gen[:samples]
     labels = [0] * samples + [1] * samples
     critic = fit_classifier(windows, labels, ["real", "generated"], vocab, steps=steps, seed=seed, length=length)
-    p = predict(critic, real[samples:] + gen[samples:], vocab, length)
-    truth = np.array([0] * n_test + [1] * n_test)
-    acc = float((p.argmax(1) == truth).mean())
+    acc = separation(critic, vocab, real[samples:], gen[samples:], length)["accuracy"]
     info = {"kind": "critic", "generator": str(generator), "samples": samples, "steps": steps, "held_out_accuracy": acc}
     save_classifier(out, critic, vocab, info)
     return info

@@ -23,22 +23,19 @@ def probe(critics: list[str], data: str, generator: str | None = None, samples: 
     from ..data.dataset import TokenShards
     from ..decode.torch_runtime import TorchRuntime
     from .checkpoint import load_model
-    from .critic import generated_windows, load_classifier, predict, real_windows
+    from .critic import generated_windows, load_classifier, real_windows, separation
 
     shards = TokenShards(data)
     model, vocab, _ = load_model(generator)
     rng = np.random.default_rng(seed)
     gen = generated_windows(TorchRuntime(model, vocab), shards, "val", samples, length, 64, rng)
     real, _ = real_windows(shards, "val", samples, length, rng)
-    truth = np.array([0] * samples + [1] * samples)
     out = []
     for folder in critics:
         clf, v, info = load_classifier(folder)
-        p = predict(clf, real + gen, v, length)
-        real_score = p[:, 0]
+        sep = separation(clf, v, real, gen, length)
         out.append({"critic": folder, "trained_against": info.get("generator"),
-                    "accuracy": round(float((p.argmax(1) == truth).mean()), 3),
-                    "auc": round(float(np.mean(real_score[:samples, None] > real_score[None, samples:])), 3)})
+                    "accuracy": round(sep["accuracy"], 3), "auc": round(sep["auc"], 3)})
     return out
 
 
